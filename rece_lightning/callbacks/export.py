@@ -1,0 +1,40 @@
+"""Export the edit at the end of ``rece fit`` (K/V safetensors, edit map, exact LoRA, optionally the pipeline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+
+from rece_lightning.export import FORMATS, export_edit
+
+
+class ExportEdit(L.Callback):
+    """Write the final (or best) edit into ``dirpath`` (default ``<log_dir>/export``), atomically.
+
+    Args:
+        dirpath: output folder; ``None`` = ``export/`` inside the run's log folder.
+        formats: any of ``kv_weights``, ``edit_map``, ``lora``, ``pipeline`` (the whole edited pipeline via
+            ``save_pretrained``: several GB for Stable Diffusion, so off by default).
+    """
+
+    def __init__(self, dirpath: str | None = None, formats: list[str] | None = None) -> None:
+        self.dirpath = dirpath
+        self.formats = list(formats or ["kv_weights", "edit_map", "lora"])
+        unknown = set(self.formats) - set(FORMATS)
+        if unknown:
+            from rece_lightning.errors import RECEError
+
+            raise RECEError(f"unknown export formats {sorted(unknown)}; choose from {list(FORMATS)}")
+        self.written: dict[str, Path] = {}
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        out = Path(self.dirpath) if self.dirpath else Path(trainer.log_dir or trainer.default_root_dir) / "export"
+        metadata = {"hparams": dict(pl_module.hparams), "stage": getattr(pl_module, "stage", None)}
+        self.written = export_edit(
+            pl_module.editor, out, self.formats, pipeline=getattr(pl_module, "pipeline", None), metadata=metadata
+        )
+        for fmt, path in self.written.items():
+            print(f"rece: exported {fmt} to {path}")

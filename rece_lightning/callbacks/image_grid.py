@@ -1,0 +1,63 @@
+"""Log a grid of the first validation images of every stage to TensorBoard (and as a PNG next to the run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+from PIL import Image
+
+from rece_lightning.export import atomic_path
+
+
+def make_grid(images: list[Image.Image], columns: int) -> Image.Image:
+    """Tile equally sized RGB images row by row."""
+    width, height = images[0].size
+    rows = (len(images) + columns - 1) // columns
+    grid = Image.new("RGB", (columns * width, rows * height))
+    for i, image in enumerate(images):
+        grid.paste(image.convert("RGB"), ((i % columns) * width, (i // columns) * height))
+    return grid
+
+
+class ImageGridLogger(L.Callback):
+    """Collect the first ``max_images`` validation images and log them as one grid per stage.
+
+    Args:
+        max_images: images in the grid (the first rows of the validation prompts, so every stage shows the same
+            prompts and seeds).
+        columns: grid width in images.
+        save_png: also write ``<log_dir>/images/<stage>.png``.
+    """
+
+    def __init__(self, max_images: int = 16, columns: int = 8, save_png: bool = True) -> None:
+        self.max_images, self.columns, self.save_png = max_images, columns, save_png
+        self._images: list[Image.Image] = []
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._images = []
+
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if isinstance(outputs, dict) and "images" in outputs:
+            room = self.max_images - len(self._images)
+            self._images.extend(outputs["images"][:max(0, room)])
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._images or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        stage = getattr(pl_module, "stage", "model")
+        grid = make_grid(self._images, min(self.columns, len(self._images)))
+        step = trainer.current_epoch if trainer.state.fn == "fit" else 0
+        logger = trainer.logger
+        if logger is not None and hasattr(logger.experiment, "add_image"):
+            array = np.asarray(grid, dtype=np.uint8)
+            logger.experiment.add_image(f"images/{stage}", array, global_step=step, dataformats="HWC")
+        if self.save_png:
+            root = Path(trainer.log_dir or trainer.default_root_dir)
+            with atomic_path(root / "images" / f"{stage}.png") as tmp:
+                grid.save(tmp, format="PNG")

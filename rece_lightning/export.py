@@ -1,0 +1,205 @@
+"""Save an edit in forms users can use at once; every file is written to a temporary path and renamed.
+
+* ``kv_weights.safetensors``: the edited ``attn2.to_k/to_v`` weights keyed by the UNet's own state-dict keys,
+  loadable with ``unet.load_state_dict(load_file(path), strict=False)`` (the UCE checkpoint convention);
+* ``edit_map.safetensors``: the text-side maps ``T`` (``W' = W T``, one per projection kind) with metadata to apply
+  them to the base model or undo them;
+* ``pytorch_lora_weights.safetensors``: an exact LoRA in the diffusers/PEFT format (``unet.<module>.lora_A.weight``
+  / ``lora_B.weight``, no alpha so the scale is 1) that ``pipe.load_lora_weights(folder)`` loads;
+* ``pipeline/``: the whole edited pipeline via ``save_pretrained`` (on request).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from rece_lightning.cross_attention import check_kv_weights, find_projections, write_weights
+from rece_lightning.editor import KVEditor
+from rece_lightning.errors import RECEError
+
+KV_WEIGHTS = "kv_weights.safetensors"
+EDIT_MAP = "edit_map.safetensors"
+LORA = "pytorch_lora_weights.safetensors"
+PIPELINE = "pipeline"
+FORMATS = ("kv_weights", "edit_map", "lora", "pipeline")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; rename it onto ``path`` on success, delete it on failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Like :func:`atomic_path` for a folder: filled under a temporary name, swapped in at the end."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _metadata(extra: Mapping[str, Any] | None) -> dict[str, str]:
+    return {"format": "pt", "rece_lightning": json.dumps(dict(extra or {}), default=str)}
+
+
+def load_kv_weights(path: str | Path) -> dict[str, Tensor]:
+    """Read a K/V (or whole-UNet) state dict from safetensors, or from a ``.pt``/``.bin`` file with
+    ``torch.load(weights_only=True)`` (never a full unpickle)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RECEError(f"weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise RECEError(f"could not read weights from {path}: {err}") from err
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise RECEError(f"{path} does not hold a state dict of tensors")
+    return state
+
+
+def save_kv_weights(editor: KVEditor, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
+    """The edited K/V weights, keyed by UNet state-dict keys, in the model's dtype."""
+    weights = {k: v.detach().cpu().contiguous() for k, v in editor.current_weights().items()}
+    with atomic_path(path) as tmp:
+        save_file(weights, str(tmp), metadata=_metadata(metadata))
+    return Path(path)
+
+
+def load_kv_into(unet: nn.Module, path: str | Path) -> None:
+    """Load a K/V weights file into ``unet`` after checking keys and shapes."""
+    projections = find_projections(unet)
+    write_weights(projections, check_kv_weights(projections, load_kv_weights(path), str(path)))
+
+
+def save_edit_map(editor: KVEditor, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
+    """The maps ``T`` (float64) of a "replace" edit: ``W_edited = W_base T``, one map per projection kind."""
+    if editor.layer_weights is not None:
+        raise RECEError("the 'tensor' technique edits each layer differently; export kv_weights or lora instead")
+    info = {
+        **dict(metadata or {}),
+        "edited_kinds": list(editor.edited_kinds),
+        "base": "original" if editor.base_is_original else "loaded K/V weights (see uce_weights)",
+        "layers": [p.name for p in editor.projections],
+        "rank": editor.edit_rank(),
+    }
+    maps = {f"{kind}.T": editor.maps[kind].detach().cpu().contiguous() for kind in editor.edited_kinds}
+    with atomic_path(path) as tmp:
+        save_file(maps, str(tmp), metadata=_metadata(info))
+    return Path(path)
+
+
+def load_edit_map(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Maps keyed by projection kind (``to_k``/``to_v``) and the metadata they were saved with."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise RECEError(f"edit map {path} does not exist")
+    with safe_open(str(path), framework="pt") as handle:
+        info = json.loads((handle.metadata() or {}).get("rece_lightning", "{}"))
+        maps = {key.removesuffix(".T"): handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    return maps, info
+
+
+@torch.no_grad()
+def apply_edit_map(unet: nn.Module, path: str | Path, *, undo: bool = False) -> None:
+    """Fold an edit map into ``unet`` (``W ← W T``), or undo it (``W ← W T⁻¹``, when ``T`` is invertible)."""
+    maps, _ = load_edit_map(path)
+    projections = find_projections(unet)
+    dim = projections[0].module.in_features
+    for kind, t in maps.items():
+        if t.shape != (dim, dim):
+            raise RECEError(f"edit map {path} is {tuple(t.shape)}, this UNet's text width is {dim}")
+        if undo and float(torch.linalg.cond(t)) > 1e8:
+            raise RECEError(
+                f"the {kind} map in {path} is (nearly) singular: the edit collapsed directions and cannot be undone "
+                "from the map; reload the original weights instead (KVEditor.restore_original, or the base model)"
+            )
+        factor = torch.linalg.inv(t) if undo else t
+        for p in projections:
+            if p.kind == kind:
+                w = p.module.weight
+                w.copy_((w.double() @ factor.to(w.device)).to(w.dtype))
+
+
+def save_lora(editor: KVEditor, path: str | Path, rtol: float = 1e-10, metadata: Mapping[str, Any] | None = None) -> Path:
+    """An exact LoRA of the edit in the diffusers/PEFT format (float32 factors, ``W' = W₀ + B A``)."""
+    tensors: dict[str, Tensor] = {}
+    for key, (b, a) in editor.lora_factors(rtol=rtol).items():
+        module = key.removesuffix(".weight")
+        if b.shape[1] == 0:
+            continue
+        tensors[f"unet.{module}.lora_A.weight"] = a.float().cpu().contiguous()
+        tensors[f"unet.{module}.lora_B.weight"] = b.float().cpu().contiguous()
+    if not tensors:
+        raise RECEError("the edit is empty (no projection changed): there is no LoRA to export")
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=_metadata(metadata))
+    return Path(path)
+
+
+def export_edit(
+    editor: KVEditor,
+    out_dir: str | Path,
+    formats: Sequence[str] = ("kv_weights", "edit_map", "lora"),
+    *,
+    pipeline: Any | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write the requested ``formats`` into ``out_dir``; returns the written paths by format."""
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        raise RECEError(f"unknown export formats {sorted(unknown)}; choose from {list(FORMATS)}")
+    out = Path(out_dir)
+    written: dict[str, Path] = {}
+    if "kv_weights" in formats:
+        written["kv_weights"] = save_kv_weights(editor, out / KV_WEIGHTS, metadata)
+    if "edit_map" in formats and editor.layer_weights is None:
+        written["edit_map"] = save_edit_map(editor, out / EDIT_MAP, metadata)
+    if "lora" in formats:
+        written["lora"] = save_lora(editor, out / LORA, metadata=metadata)
+    if "pipeline" in formats:
+        if pipeline is None:
+            raise RECEError("exporting the pipeline needs the pipeline object")
+        editor.apply()
+        with atomic_dir(out / PIPELINE) as tmp:
+            pipeline.save_pretrained(tmp, safe_serialization=True)
+        written["pipeline"] = out / PIPELINE
+    return written
