@@ -19,6 +19,18 @@ def reference_pipe(tiny_sd1):
     return StableDiffusionPipeline.from_pretrained(tiny_sd1, torch_dtype=torch.float64, safety_checker=None)
 
 
+def test_sd2_shaped_pipeline_matches_official(tiny_sd2):
+    """SD 2.x conventions (tokenizer pads with "!") go through the same path."""
+    reference = StableDiffusionPipeline.from_pretrained(tiny_sd2, torch_dtype=torch.float64, safety_checker=None)
+    assert reference.tokenizer.pad_token == "!"
+    module = RECEModule(pretrained=str(tiny_sd2), concepts=["nudity"], validate_original=False, torch_dtype="float64")
+    final = official.recipe(reference, ["nudity"])[-1]
+    ours = module.erase().current_weights(torch.float64)
+    keys = [k for k in (f"{n}.to_{x}.weight" for x in "vk" for n, _ in module.unet.named_modules()
+                        if n.endswith("attn2"))]
+    assert max(_relative(ours[k], w) for k, w in zip(keys, final, strict=True)) < 1e-8
+
+
 @pytest.mark.parametrize(
     ("concepts", "technique", "with_to_k"),
     [(["nudity"], "replace", True), (["hate", "bodily fluids"], "replace", True),

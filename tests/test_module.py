@@ -1,0 +1,86 @@
+"""RECEModule behaviour beyond the maths: seeds, keep-best, undo, pipeline export, bad weights."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from rece_lightning.data import RECEDataModule
+from rece_lightning.editor import KVEditor
+from rece_lightning.errors import RECEError
+from rece_lightning.export import export_edit
+from rece_lightning.module import RECEModule
+
+
+@pytest.fixture(scope="module")
+def module(tiny_sd1):
+    return RECEModule(pretrained=str(tiny_sd1), concepts=["nudity"], generation={"num_inference_steps": 2})
+
+
+def test_each_image_depends_only_on_its_own_seed(module):
+    together = module.generate(["a cat", "a dog"], [3, 4])
+    alone = module.generate(["a dog"], [4])
+    again = module.generate(["a cat", "a dog"], [3, 5])
+    assert np.allclose(np.asarray(together[1], float), np.asarray(alone[0], float), atol=1)
+    assert np.array_equal(np.asarray(together[0]), np.asarray(again[0]))
+    assert not np.array_equal(np.asarray(together[1]), np.asarray(again[1]))
+
+
+def test_restore_original_undoes_exactly(module):
+    before = {p.key: p.module.weight.detach().clone() for p in module.editor.projections}
+    module.erase()
+    assert any(not torch.equal(p.module.weight, before[p.key]) for p in module.editor.projections)
+    module.editor.restore_original()
+    assert all(torch.equal(p.module.weight, before[p.key]) for p in module.editor.projections)
+
+
+class _StageScore(L.Callback):
+    """Logs a fake validation metric per stage whose best value is at the UCE stage."""
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        pl_module.log("val/score", {"original": 5.0, "uce": 1.0}.get(pl_module.stage, 3.0))
+
+
+def test_keep_best_restores_the_best_stage(tiny_sd1, tmp_path, prompts_dir):
+    module = RECEModule(pretrained=str(tiny_sd1), concepts=["nudity"], keep_best="val/score",
+                        generation={"num_inference_steps": 1}, rece={"iterations": 2})
+    data = RECEDataModule(val_prompts=str(prompts_dir / "nudity.csv"), limit=1)
+    trainer = L.Trainer(max_epochs=4, callbacks=[_StageScore()], default_root_dir=tmp_path, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0)
+    trainer.fit(module, data)
+    assert module.stage == "uce"
+    uce_only = RECEModule(pretrained=str(tiny_sd1), concepts=["nudity"], rece={"iterations": 0},
+                          validate_original=False).erase()
+    for p in module.editor.projections:
+        torch.testing.assert_close(p.module.weight, uce_only.current_weights()[p.key])
+
+
+def test_pipeline_export_loads_with_diffusers(module, tmp_path):
+    editor = module.erase()
+    written = export_edit(editor, tmp_path, ["pipeline"], pipeline=module.pipeline)
+    loaded = StableDiffusionPipeline.from_pretrained(written["pipeline"], safety_checker=None)
+    state = loaded.unet.state_dict()
+    for key, value in editor.current_weights().items():
+        assert torch.equal(state[key], value)
+    assert not list(tmp_path.glob(".*")), "temporary files were left behind"
+
+
+def test_non_finite_weights_are_rejected(tiny_sd1):
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd1, safety_checker=None)
+    name = next(n for n, _ in pipe.unet.named_modules() if n.endswith("attn2.to_v"))
+    with torch.no_grad():
+        pipe.unet.get_submodule(name).weight[0, 0] = float("nan")
+    with pytest.raises(RECEError, match="non-finite"):
+        KVEditor(pipe.unet)
+
+
+def test_tensor_technique_has_no_shared_map(tiny_sd1, tmp_path):
+    editor = RECEModule(pretrained=str(tiny_sd1), concepts=["nudity"], technique="tensor",
+                        validate_original=False, rece={"iterations": 1}).erase()
+    written = export_edit(editor, tmp_path, ["kv_weights", "edit_map", "lora"])
+    assert set(written) == {"kv_weights", "lora"}  # the edit map exists only for "replace" edits
+    with pytest.raises(RECEError, match="'replace' technique only"):
+        editor.edit_rank()
