@@ -14,6 +14,7 @@ from lightning.pytorch.cli import LightningCLI
 from rece_lightning.data import RECEDataModule
 from rece_lightning.errors import RECEError
 from rece_lightning.module import RECEModule
+from rece_lightning.strategy import register as register_strategy
 
 
 def _epochs(iterations: int, validate_original: bool) -> int:
@@ -43,6 +44,7 @@ def main(args: list[str] | None = None) -> None:
     # the frozen diffusion model is in eval mode on purpose, and closed-form steps use no data workers
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    register_strategy("ddp", override=True)  # fit shards validation; no gradient wrapper (see strategy.py)
     try:
         RECECLI(
             RECEModule,

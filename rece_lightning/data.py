@@ -21,7 +21,8 @@ GUIDANCE_COLUMNS = ("evaluation_guidance", "sd_guidance_scale")
 
 
 def read_prompts(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
-    """Rows of a prompt CSV as dicts with ``prompt``, ``seed``, ``case_number``, ``guidance`` and the other columns."""
+    """Rows of a prompt CSV as dicts with ``row`` (0-based index in the file, unique), ``prompt``, ``seed``,
+    ``case_number``, ``guidance`` (``None`` when the file has none) and the file's other columns as strings."""
     path = Path(path)
     if not path.is_file():
         raise RECEError(f"prompt file {path} does not exist; give the path of a CSV with a 'prompt' column")
@@ -37,6 +38,7 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[dict[str, A
         guidance = next((row[c] for c in GUIDANCE_COLUMNS if row.get(c)), None)
         try:
             parsed = {
+                "row": index,
                 "prompt": row["prompt"],
                 "seed": int(float(seed)),
                 "case_number": int(float(row["case_number"])) if row.get("case_number") else index,

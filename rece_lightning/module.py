@@ -25,6 +25,7 @@ from rece_lightning.cross_attention import check_kv_weights
 from rece_lightning.editor import KVEditor, Technique
 from rece_lightning.errors import RECEError
 from rece_lightning.export import load_kv_weights
+from rece_lightning.image_store import ImageStore, fingerprint
 from rece_lightning.pipeline import check_text_width, generate, load_pipeline
 from rece_lightning.text import TextEncoder
 
@@ -84,12 +85,16 @@ class GenerationConfig:
         num_inference_steps: denoising steps of the pipeline's scheduler.
         guidance_scale: classifier-free guidance (a row's own guidance column wins when present).
         height, width: image size; ``None`` = the UNet's native size.
+        image_dir: save every generated image under ``<image_dir>/<stage>-<fingerprint>/`` and reuse images already
+            there, so an interrupted evaluation resumes without regenerating finished images (the fingerprint
+            covers the model, the edit and these settings).
     """
 
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
     height: int | None = None
     width: int | None = None
+    image_dir: str | None = None
 
 
 class ClosedFormStep(torch.optim.Optimizer):
@@ -318,9 +323,10 @@ class RECEModule(L.LightningModule):
             self.trainer.should_stop = True
             return None
         self.optimizers().step(closure=lambda: self.run_stage(index))
-        self.log("rece/stage", float(index), on_step=False, on_epoch=True, batch_size=1)
+        self.log("rece/stage", float(index), on_step=False, on_epoch=True, batch_size=1, rank_zero_only=True)
         if self.stage != "original":
-            self.log("rece/relative_change", self.editor.relative_change(), on_step=False, on_epoch=True, batch_size=1)
+            self.log("rece/relative_change", self.editor.relative_change(), on_step=False, on_epoch=True, batch_size=1,
+                     rank_zero_only=True)
         return None
 
     def on_train_epoch_end(self) -> None:
@@ -356,9 +362,42 @@ class RECEModule(L.LightningModule):
             width=g.width,
         )
 
+    def image_store(self) -> ImageStore | None:
+        """The folder for the current model state's images (``generation.image_dir``), or ``None``."""
+        if self.generation.image_dir is None:
+            return None
+        settings = {**asdict(self.generation), "image_dir": None, "pretrained": self.hparams.pretrained,
+                    "torch_dtype": self.hparams.torch_dtype}
+        weights = {p.key: p.module.weight for p in self.editor.projections}
+        return ImageStore(self.generation.image_dir, self.stage, fingerprint(weights, settings))
+
+    def on_validation_epoch_start(self) -> None:
+        self._store = self.image_store()
+
+    on_predict_epoch_start = on_test_epoch_start = on_validation_epoch_start
+
     def _generate_batch(self, batch: dict[str, list[Any]]) -> dict[str, Any]:
-        images = self.generate(batch["prompt"], batch["seed"], batch.get("guidance"))
-        return {"images": images, "rows": batch, "stage": self.stage}
+        """Images for a batch of prompt rows, reusing those already in the image store."""
+        store: ImageStore | None = getattr(self, "_store", None)
+        n = len(batch["prompt"])
+        rows = batch.get("row", list(range(n)))
+        cases = batch.get("case_number", rows)
+        images: list[Any] = [None] * n
+        if store is not None:
+            images = [store.load(r, c) for r, c in zip(rows, cases, strict=True)]
+        todo = [i for i in range(n) if images[i] is None]
+        if todo:
+            guidance = batch.get("guidance")
+            fresh = self.generate(
+                [batch["prompt"][i] for i in todo],
+                [batch["seed"][i] for i in todo],
+                None if guidance is None else [guidance[i] for i in todo],
+            )
+            for i, image in zip(todo, fresh, strict=True):
+                images[i] = image
+                if store is not None:
+                    store.save(image, rows[i], cases[i])
+        return {"images": images, "rows": batch, "stage": self.stage, "generated": len(todo)}
 
     def validation_step(self, batch: dict[str, list[Any]], batch_idx: int) -> dict[str, Any]:
         return self._generate_batch(batch)

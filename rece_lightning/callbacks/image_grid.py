@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 from PIL import Image
 
 from rece_lightning.export import atomic_path
@@ -26,15 +27,15 @@ class ImageGridLogger(L.Callback):
     """Collect the first ``max_images`` validation images and log them as one grid per stage.
 
     Args:
-        max_images: images in the grid (the first rows of the validation prompts, so every stage shows the same
-            prompts and seeds).
+        max_images: images in the grid: the first rows of the validation prompts (gathered from every process
+            under DDP), so every stage and every process count shows the same prompts and seeds.
         columns: grid width in images.
         save_png: also write ``<log_dir>/images/<stage>.png``.
     """
 
     def __init__(self, max_images: int = 16, columns: int = 8, save_png: bool = True) -> None:
         self.max_images, self.columns, self.save_png = max_images, columns, save_png
-        self._images: list[Image.Image] = []
+        self._images: list[tuple[int, Image.Image]] = []  # (prompt row, image), the lowest rows kept
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._images = []
@@ -44,20 +45,28 @@ class ImageGridLogger(L.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         if isinstance(outputs, dict) and "images" in outputs:
-            room = self.max_images - len(self._images)
-            self._images.extend(outputs["images"][:max(0, room)])
+            rows = outputs["rows"].get("row", range(len(outputs["images"])))
+            self._images.extend(zip(rows, outputs["images"], strict=False))
+            self._images = sorted(dict(self._images).items())[: self.max_images]
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._images or trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer.sanity_checking:
+            return
+        root = Path(trainer.log_dir or trainer.default_root_dir)  # collective under DDP: every rank asks
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            shards: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(shards, self._images)
+            self._images = sorted(dict(pair for shard in shards for pair in shard).items())[: self.max_images]
+        images = [image for _, image in self._images]
+        if not images or not trainer.is_global_zero:
             return
         stage = getattr(pl_module, "stage", "model")
-        grid = make_grid(self._images, min(self.columns, len(self._images)))
+        grid = make_grid(images, min(self.columns, len(images)))
         step = trainer.current_epoch if trainer.state.fn == "fit" else 0
         logger = trainer.logger
         if logger is not None and hasattr(logger.experiment, "add_image"):
             array = np.asarray(grid, dtype=np.uint8)
             logger.experiment.add_image(f"images/{stage}", array, global_step=step, dataformats="HWC")
         if self.save_png:
-            root = Path(trainer.log_dir or trainer.default_root_dir)
             with atomic_path(root / "images" / f"{stage}.png") as tmp:
                 grid.save(tmp, format="PNG")

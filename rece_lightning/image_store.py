@@ -1,0 +1,52 @@
+"""Generated images on disk under stable names, so that an interrupted evaluation resumes where it stopped.
+
+Images live in ``<root>/<stage>-<fingerprint>/<row>_<case_number>.png``. The fingerprint hashes everything an image
+depends on besides its row — the base model, the edited K/V weights and the generation settings — so a folder is
+only ever reused for exactly the same model state, and a changed edit never picks up stale images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from rece_lightning.export import atomic_path
+
+
+def fingerprint(weights: Mapping[str, Tensor], settings: Mapping[str, Any]) -> str:
+    """SHA-256 (first 12 hex digits) of the K/V weights' bytes and the JSON of ``settings``."""
+    h = hashlib.sha256(json.dumps(dict(settings), sort_keys=True, default=str).encode())
+    for key in sorted(weights):
+        h.update(key.encode())
+        h.update(weights[key].detach().cpu().contiguous().view(-1).view(dtype=torch.uint8).numpy())
+    return h.hexdigest()[:12]
+
+
+class ImageStore:
+    """One folder of images for one model state (see module docstring)."""
+
+    def __init__(self, root: str | Path, stage: str, key: str) -> None:
+        self.folder = Path(root) / f"{stage}-{key}"
+
+    def path(self, row: int, case_number: int) -> Path:
+        return self.folder / f"{int(row):06d}_{int(case_number)}.png"
+
+    def load(self, row: int, case_number: int) -> Image.Image | None:
+        path = self.path(row, case_number)
+        if not path.is_file():
+            return None
+        with Image.open(path) as image:
+            return image.convert("RGB")
+
+    def save(self, image: Image.Image, row: int, case_number: int) -> Path:
+        path = self.path(row, case_number)
+        with atomic_path(path) as tmp:
+            image.save(tmp, format="PNG")
+        return path
