@@ -362,19 +362,26 @@ class RECEModule(L.LightningModule):
             width=g.width,
         )
 
-    def image_store(self) -> ImageStore | None:
-        """The folder for the current model state's images (``generation.image_dir``), or ``None``."""
-        if self.generation.image_dir is None:
+    def image_store(self, root: str | Path | None = None) -> ImageStore | None:
+        """The folder for the current model state's images under ``root`` (default ``generation.image_dir``)."""
+        root = root if root is not None else self.generation.image_dir
+        if root is None:
             return None
         settings = {**asdict(self.generation), "image_dir": None, "pretrained": self.hparams.pretrained,
                     "torch_dtype": self.hparams.torch_dtype}
         weights = {p.key: p.module.weight for p in self.editor.projections}
-        return ImageStore(self.generation.image_dir, self.stage, fingerprint(weights, settings))
+        return ImageStore(root, self.stage, fingerprint(weights, settings))
 
     def on_validation_epoch_start(self) -> None:
         self._store = self.image_store()
 
-    on_predict_epoch_start = on_test_epoch_start = on_validation_epoch_start
+    on_test_epoch_start = on_validation_epoch_start
+
+    def on_predict_epoch_start(self) -> None:
+        """``rece predict`` always saves its images: in ``generation.image_dir`` or ``<default_root_dir>/images``."""
+        self._store = self.image_store(self.generation.image_dir or Path(self.trainer.default_root_dir) / "images")
+        if self.trainer.is_global_zero:
+            print(f"rece: predict writes images to {self._store.folder}")
 
     def _generate_batch(self, batch: dict[str, list[Any]]) -> dict[str, Any]:
         """Images for a batch of prompt rows, reusing those already in the image store."""

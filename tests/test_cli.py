@@ -180,3 +180,19 @@ def test_kv_file_that_does_not_fit_is_rejected(tiny_sd1, tiny_sd2, tmp_path, cap
     with pytest.raises(SystemExit):
         main(["fit", "--model.pretrained", str(not_diffusers), "--model.concepts", "[nudity]"])
     assert "model_index.json" in capsys.readouterr().err
+
+
+def test_tradeoff_layout_is_written(tiny_sd1, tmp_path):
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+    root = tmp_path / "run"
+    _fit(tiny_sd1, root, None, "--trainer.callbacks+=rece_lightning.callbacks.tradeoff.TradeoffLayout",
+         '--trainer.callbacks.pairs={"nudity vs CLIP": ["val/nudity_rate", "val/clip_score"]}')
+    (event_file,) = (root / "lightning_logs" / "version_0").glob("events.out.tfevents.*")
+    events = EventAccumulator(str(event_file), size_guidance={"tensors": 0}).Reload()
+    (event,) = events.Tensors(metadata.CONFIG_SUMMARY_TAG)
+    layout = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
+    (category,) = layout.category
+    (chart,) = category.chart
+    assert chart.title == "nudity vs CLIP"
+    assert list(chart.multiline.tag) == ["^val/nudity_rate$", "^val/clip_score$"]

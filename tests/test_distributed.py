@@ -63,3 +63,15 @@ def test_ddp_fit_with_two_cpu_processes(tiny_sd1, tmp_path, devices):
         assert result.returncode == 0, result.stderr[-3000:]
         runs[n] = load_file(root / "lightning_logs" / "version_0" / "export" / KV_WEIGHTS)
     assert all(torch.equal(runs[1][k], runs[devices][k]) for k in runs[1])
+
+
+def test_predict_writes_images_sharded_over_two_processes(tiny_sd1, tmp_path):
+    csv = tmp_path / "p.csv"
+    csv.write_text(PROMPTS)
+    result = _rece(["predict", "--model.pretrained", str(tiny_sd1), "--model.concepts", "[nudity]",
+                    "--model.generation.num_inference_steps", "1", "--data.predict_prompts", str(csv),
+                    "--data.batch_size", "1", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+                    "--trainer.strategy", "ddp", "--trainer.default_root_dir", str(tmp_path / "run")], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (folder,) = (tmp_path / "run" / "images").iterdir()
+    assert sorted(p.name for p in folder.glob("*.png")) == ["000000_10.png", "000001_11.png", "000002_12.png"]
