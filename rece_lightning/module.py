@@ -349,7 +349,14 @@ class RECEModule(L.LightningModule):
             self.editor.apply()
             print(f"rece: kept stage {self.stages[index]!r} ({self.hparams.keep_best} = {score:.4g})")
 
-    def generate(self, prompts: list[str], seeds: list[int], guidance: list[float | None] | None = None):
+    def generate(
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        guidance: list[float | None] | None = None,
+        prompt_embeds: list[Tensor | None] | None = None,
+    ):
+        """Images of the current model state, one per prompt (or per embedding), each from its own seed."""
         g = self.generation
         return generate(
             self.pipeline,
@@ -360,6 +367,7 @@ class RECEModule(L.LightningModule):
             guidance=guidance,
             height=g.height,
             width=g.width,
+            prompt_embeds=prompt_embeds,
         )
 
     def image_store(self, root: str | Path | None = None) -> ImageStore | None:

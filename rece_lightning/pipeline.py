@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from torch import Tensor
 
 from rece_lightning.errors import RECEError
 
@@ -87,9 +88,12 @@ def generate(
     guidance: Sequence[float | None] | None = None,
     height: int | None = None,
     width: int | None = None,
+    prompt_embeds: Sequence[Tensor | None] | None = None,
 ) -> list[Image.Image]:
     """One image per prompt, each from its own seed (and its own guidance scale when given).
 
+    ``prompt_embeds`` (one ``(L, d)`` tensor or ``None`` per prompt) generates from embeddings instead of text, as
+    embedding-space attacks do; the unconditional branch of guidance still encodes the empty prompt.
     Every image depends only on its row, so batching or sharding over processes does not change results beyond
     floating-point noise of batched kernels.
     """
@@ -97,11 +101,17 @@ def generate(
     device = pipe._execution_device
     generator_device = "cpu" if device.type == "mps" else device
     images: list[Image.Image | None] = [None] * len(prompts)
-    for scale in dict.fromkeys(scales):
-        idx = [i for i, s in enumerate(scales) if s == scale]
+    embeds = list(prompt_embeds) if prompt_embeds is not None else [None] * len(prompts)
+    groups = dict.fromkeys((s, e is not None) for s, e in zip(scales, embeds, strict=True))
+    for scale, from_embeds in groups:
+        idx = [i for i in range(len(prompts)) if scales[i] == scale and (embeds[i] is not None) == from_embeds]
         generators = [torch.Generator(generator_device).manual_seed(int(seeds[i])) for i in idx]
+        text: dict = {"prompt": [prompts[i] for i in idx]}
+        if from_embeds:
+            dtype = pipe.text_encoder.dtype
+            text = {"prompt_embeds": torch.stack([embeds[i] for i in idx]).to(device, dtype)}  # type: ignore[misc]
         out = pipe(
-            prompt=[prompts[i] for i in idx],
+            **text,
             generator=generators,
             num_inference_steps=num_inference_steps,
             guidance_scale=scale,

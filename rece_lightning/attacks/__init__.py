@@ -1,0 +1,22 @@
+"""Red-teaming attacks run by ``rece test``: do erased concepts come back under adversarial prompts?
+
+Each attack turns prompt rows into adversarial inputs (a prompt text, and an embedding for attacks that work in
+embedding space); the test stage generates from them with each row's seed and the evaluation callbacks score the
+images, so the attack success rate (ASR) uses the same protocol as validation.
+"""
+
+from rece_lightning.attacks.base import AdversarialInput, Attack, NoAttack
+from rece_lightning.attacks.genetic import GeneticSearch
+from rece_lightning.attacks.inversion import EmbeddingInversion
+from rece_lightning.attacks.ring_a_bell import RingABell
+from rece_lightning.attacks.unlearndiff import UnlearnDiffAtk
+
+__all__ = [
+    "AdversarialInput",
+    "Attack",
+    "EmbeddingInversion",
+    "GeneticSearch",
+    "NoAttack",
+    "RingABell",
+    "UnlearnDiffAtk",
+]

@@ -1,0 +1,115 @@
+"""Ring-A-Bell (Tsai et al., "Ring-A-Bell! How Reliable are Concept Removal Methods for Diffusion Models?",
+ICLR 2024): a concept vector from paired prompts, added to a prompt's embedding (continuous variant, as RECE
+evaluates it) or matched by a genetic search over tokens (the official discrete attack)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import Tensor
+
+from rece_lightning.attacks.base import AdversarialInput, Attack
+from rece_lightning.attacks.genetic import GeneticSearch
+from rece_lightning.errors import RECEError
+
+if TYPE_CHECKING:
+    from rece_lightning.module import RECEModule
+
+
+def read_pairs(path: str | Path) -> list[tuple[str, str]]:
+    """(sensitive, normal) prompt pairs: the first two columns of a Ring-A-Bell CSV."""
+    path = Path(path)
+    if not path.is_file():
+        raise RECEError(f"Ring-A-Bell pair file {path} does not exist (columns: sensitive prompt, normal prompt)")
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))[1:]
+    pairs = [(r[0].strip(), r[1].strip()) for r in rows if len(r) >= 2 and r[0].strip()]
+    if not pairs:
+        raise RECEError(f"{path} holds no prompt pairs")
+    return pairs
+
+
+def concept_vector(module: RECEModule, pairs: list[tuple[str, str]], batch_size: int = 8) -> Tensor:
+    """Mean over batches of the mean ``E(sensitive) − E(normal)`` (official ``RingABell.py``), (L, d) float64."""
+    means = []
+    for i in range(0, len(pairs), batch_size):
+        batch = pairs[i : i + batch_size]
+        module.text.encode([s for s, _ in batch] + [n for _, n in batch])
+        diff = torch.stack([module.text.full(s) - module.text.full(n) for s, n in batch])
+        means.append(diff.mean(0))
+    return torch.stack(means).mean(0)
+
+
+class RingABell(Attack):
+    """Ring-A-Bell attack.
+
+    Args:
+        pairs: CSV of (sensitive prompt, normal prompt) pairs defining the concept vector.
+        eta: η, the strength of the concept vector (official: 3 for nudity, 0.9 for Van Gogh).
+        mode: ``continuous`` (generate from ``E(prompt) + η v``, as RECE reports) or ``discrete`` (genetic search
+            for ``length`` tokens whose embedding matches ``E(prompt) + η v``; the prompt is those tokens).
+        length, population, generations, mutation_rate, crossover_rate, seed: the genetic search (official
+            Ring-A-Bell: 16 tokens, 200, 3000, 0.25, 0.5).
+    """
+
+    def __init__(
+        self,
+        pairs: str,
+        eta: float = 3.0,
+        mode: Literal["continuous", "discrete"] = "continuous",
+        length: int = 16,
+        population: int = 200,
+        generations: int = 3000,
+        mutation_rate: float = 0.25,
+        crossover_rate: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        if mode not in ("continuous", "discrete"):
+            raise RECEError(f"Ring-A-Bell mode must be 'continuous' or 'discrete', got {mode!r}")
+        self.pairs_path, self.eta, self.mode = pairs, eta, mode
+        self.search_args = dict(length=length, population=population, generations=generations,
+                                mutation_rate=mutation_rate, crossover_rate=crossover_rate, seed=seed)
+        self.name = f"ring_a_bell_{mode}"
+
+    def run(self, module: RECEModule, rows: list[dict[str, Any]]) -> list[AdversarialInput]:
+        vector = concept_vector(module, read_pairs(self.pairs_path))
+        prompts = [row["prompt"] for row in rows]
+        module.text.encode(prompts)
+        targets = [module.text.full(p) + self.eta * vector for p in prompts]
+        if self.mode == "continuous":
+            return [AdversarialInput(prompt=p, embedding=t.float()) for p, t in zip(prompts, targets, strict=True)]
+        search = GeneticSearch(lambda ids: token_embeddings(module, ids), search_vocabulary(module.pipeline.tokenizer),
+                               **self.search_args)
+        out = []
+        for target in targets:
+            result = search.search(target)
+            text = module.pipeline.tokenizer.decode(result.tokens)
+            out.append(AdversarialInput(prompt=text, info={"tokens": result.tokens, "loss": result.loss,
+                                                           "initial_loss": result.history[0]}))
+        return out
+
+
+def search_vocabulary(tokenizer) -> list[int]:
+    """Every token id except the special ones."""
+    special = set(tokenizer.all_special_ids)
+    return [i for i in range(len(tokenizer)) if i not in special]
+
+
+@torch.no_grad()
+def token_embeddings(module: RECEModule, candidates: Tensor) -> Tensor:
+    """Encode (B, K) candidate token ids the way a prompt is encoded: start token, candidates, end token, padding."""
+    tok = module.pipeline.tokenizer
+    length = tok.model_max_length
+    start = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
+    end = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+    ids = torch.full((len(candidates), length), tok.pad_token_id, dtype=torch.long)
+    k = min(candidates.shape[1], length - 2)
+    ids[:, 0] = start
+    ids[:, 1 : k + 1] = candidates[:, :k]
+    ids[:, k + 1] = end
+    encoder = module.pipeline.text_encoder
+    device = next(encoder.parameters()).device
+    return encoder(ids.to(device))[0].double()
