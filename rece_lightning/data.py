@@ -20,10 +20,21 @@ from rece_lightning.errors import RECEError
 GUIDANCE_COLUMNS = ("evaluation_guidance", "sd_guidance_scale")
 
 
+def resolve_prompts(path: str | Path) -> Path:
+    """A prompt CSV path; ``testbed:<concept>`` names a prompt set shipped with the testbed (e.g. ``testbed:triangle``)."""
+    text = str(path)
+    if text.startswith("testbed:"):
+        from rece_lightning.testbed import PROMPTS_DIR
+
+        return Path(PROMPTS_DIR) / f"{text.removeprefix('testbed:')}.csv"
+    return Path(path)
+
+
 def read_prompts(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
     """Rows of a prompt CSV as dicts with ``row`` (0-based index in the file, unique), ``prompt``, ``seed``,
-    ``case_number``, ``guidance`` (``None`` when the file has none) and the file's other columns as strings."""
-    path = Path(path)
+    ``case_number``, ``guidance`` (``None`` when the file has none) and the file's other columns as strings.
+    ``path`` may be ``testbed:<concept>`` (see :func:`resolve_prompts`)."""
+    path = resolve_prompts(path)
     if not path.is_file():
         raise RECEError(f"prompt file {path} does not exist; give the path of a CSV with a 'prompt' column")
     with path.open(newline="", encoding="utf-8") as handle:

@@ -84,3 +84,19 @@ def test_tensor_technique_has_no_shared_map(tiny_sd1, tmp_path):
     assert set(written) == {"kv_weights", "lora"}  # the edit map exists only for "replace" edits
     with pytest.raises(RECEError, match="'replace' technique only"):
         editor.edit_rank()
+
+
+def test_starting_from_uce_weights_equals_computing_them(tiny_sd1, tmp_path):
+    """A published-UCE-style start (K/V file) then RECE gives the same edit as running UCE here."""
+    kwargs = dict(pretrained=str(tiny_sd1), concepts=["nudity"], validate_original=False, torch_dtype="float64")
+    uce_only = RECEModule(**kwargs, rece={"iterations": 0}).erase()
+    export_edit(uce_only, tmp_path, ["kv_weights"])
+    full = RECEModule(**kwargs).erase().current_weights()
+    resumed_module = RECEModule(**kwargs, uce={"weights": str(tmp_path / "kv_weights.safetensors")})
+    assert not resumed_module.editor.base_is_original
+    resumed = resumed_module.erase()
+    for key, value in resumed.current_weights().items():
+        torch.testing.assert_close(value, full[key], rtol=1e-9, atol=1e-12)
+    lora = resumed.lora_factors()  # per-layer SVD path (the base is not the original model)
+    for key, (b, a) in lora.items():
+        torch.testing.assert_close(resumed.original[key] + b @ a, full[key], rtol=1e-9, atol=1e-10)
