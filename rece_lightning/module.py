@@ -12,6 +12,7 @@ Checkpoints hold only the K/V weights of the cross-attention layers, the edit st
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor
 
 from rece_lightning import closed_form
+from rece_lightning.attacks import Attack, NoAttack
 from rece_lightning.cross_attention import check_kv_weights
 from rece_lightning.editor import KVEditor, Technique
 from rece_lightning.errors import RECEError
@@ -153,6 +155,9 @@ class RECEModule(L.LightningModule):
             as the paper keeps its lowest nudity rate. ``None`` keeps the last stage.
         keep_best_mode: ``min`` or ``max``.
         torch_dtype: dtype of the pipeline (``float16`` on GPUs); the maths always runs in float64.
+        attacks: red-teaming attacks run by ``rece test`` on the test prompts (default: no attack). Each is recorded
+            by name; an attack without a judge (UnlearnDiffAtk's early stop) uses the first evaluation callback
+            that can judge images.
     """
 
     def __init__(
@@ -171,6 +176,7 @@ class RECEModule(L.LightningModule):
         keep_best: str | None = None,
         keep_best_mode: Literal["min", "max"] = "min",
         torch_dtype: str = "float32",
+        attacks: list[Attack] | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -207,8 +213,10 @@ class RECEModule(L.LightningModule):
                 "keep_best": keep_best,
                 "keep_best_mode": keep_best_mode,
                 "torch_dtype": torch_dtype,
+                "attacks": [type(a).__name__ for a in attacks or []],
             }
         )
+        self.attacks: list[Attack] = list(attacks or [])
         self.concepts, self.anchors = concepts, anchors
         extra = _read_column(preserve_csv, preserve_csv_column) if preserve_csv else []
         erased = {c.lower() for c in concepts}
@@ -419,6 +427,36 @@ class RECEModule(L.LightningModule):
 
     def predict_step(self, batch: dict[str, list[Any]], batch_idx: int) -> dict[str, Any]:
         return self._generate_batch(batch)
+
+    def on_test_start(self) -> None:
+        judges = [cb for cb in self.trainer.callbacks if callable(getattr(cb, "judge", None))]
+        for attack in self.attacks:
+            if hasattr(attack, "judge") and attack.judge is None and judges:
+                attack.judge = judges[0].judge
+
+    def test_step(self, batch: dict[str, list[Any]], batch_idx: int) -> dict[str, Any]:
+        """Run every attack on the batch's prompt rows and generate from what they found (row seeds).
+
+        Output rows carry ``attack``, ``adversarial_prompt``, ``attack_info`` (JSON) and, for embedding attacks,
+        the embedding under ``adversarial_embedding`` so that callbacks can score and save them.
+        """
+        n = len(batch["prompt"])
+        rows = [{key: values[i] for key, values in batch.items()} for i in range(n)]
+        images: list[Any] = []
+        out_rows: list[dict[str, Any]] = []
+        for attack in self.attacks or [NoAttack()]:
+            found = attack.run(self, rows)
+            images += self.generate(
+                [f.prompt for f in found],
+                [row["seed"] for row in rows],
+                [row.get("guidance") for row in rows],
+                prompt_embeds=[f.embedding for f in found],
+            )
+            for row, f in zip(rows, found, strict=True):
+                out_rows.append({**row, "attack": attack.name, "adversarial_prompt": f.prompt,
+                                 "attack_info": json.dumps(f.info, default=str), "adversarial_embedding": f.embedding})
+        batch_out = {key: [row.get(key) for row in out_rows] for key in out_rows[0]}
+        return {"images": images, "rows": batch_out, "stage": self.stage}
 
     # ------------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
