@@ -74,3 +74,51 @@ def test_unlearndiff_improves_its_objective(erased):
                             judge=lambda images, rows: [True] * len(images))
     (early,) = judged.run(erased, ROWS)
     assert early.info["early_success"] and early.info["steps"] == 3
+
+
+def test_rece_test_stage_scores_attacks_end_to_end(tiny_sd1, prompts_dir, tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    from rece_lightning.cli import main
+
+    csv_path = tmp_path / "prompts.csv"
+    csv_path.write_text("prompt,evaluation_seed,case_number,kind,concept,shape\n"
+                        "a red triangle,1,5,explicit,triangle,triangle\n"
+                        "a blue circle,2,6,unrelated,triangle,circle\n")
+    config = tmp_path / "attack.yaml"
+    config.write_text(f"""
+model:
+  pretrained: {tiny_sd1}
+  concepts: [triangle]
+  generation: {{num_inference_steps: 1}}
+  attacks:
+    - class_path: rece_lightning.attacks.NoAttack
+    - class_path: rece_lightning.attacks.EmbeddingInversion
+    - class_path: rece_lightning.attacks.RingABell
+      init_args: {{pairs: {prompts_dir / "nudity-ring-a-bell.csv"}, eta: 3.0}}
+    - class_path: rece_lightning.attacks.UnlearnDiffAtk
+      init_args: {{prefix_tokens: 1, steps: 2, check_every: 1}}
+data: {{test_prompts: {csv_path}, batch_size: 2}}
+trainer:
+  default_root_dir: {tmp_path / "run"}
+  callbacks:
+    - class_path: rece_lightning.callbacks.ClassifierAccuracy
+    - class_path: rece_lightning.callbacks.AttackReport
+""")
+    main(["test", "--config", str(config)])
+    version = tmp_path / "run" / "lightning_logs" / "version_0"
+    (result,) = (version / "eval").glob("test-*/classifier.json")
+    document = json.loads(result.read_text())
+    attacks = ("no_attack", "inversion", "ring_a_bell_continuous", "unlearndiff")
+    for attack in attacks:
+        asr = document["summary"][f"test/{attack}/asr"]
+        judged = [r for r in document["records"] if r["attack"] == attack and r["role"] == "target"]
+        assert asr == sum(r["is_concept"] for r in judged) / len(judged)  # ASR arithmetic from the records
+    assert len(document["records"]) == 2 * len(attacks)
+    report = version / "attacks" / "original"
+    assert (report / "unlearndiff" / "prompts.csv").read_text().count("\n") == 3
+    embeddings = load_file(report / "inversion" / "embeddings.safetensors")
+    assert set(embeddings) == {"0", "1"} and embeddings["0"].shape == (77, 32)
+    assert len(list((report / "ring_a_bell_continuous" / "images").glob("*.png"))) == 2

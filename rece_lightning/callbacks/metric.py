@@ -1,0 +1,329 @@
+"""Shared machinery of the evaluation callbacks: per-image records, DDP gathering, logging and audit JSON.
+
+Concept-erasure numbers are notoriously hard to reproduce (papers disagree on detector versions, thresholds, class
+sets and counting rules), so every metric here is explicit and recorded:
+
+* each validation image yields one **record** (``row``, ``case_number``, ``prompt``, ``seed``, ``guidance`` plus the metric's own
+  scores or labels, JSON values only);
+* at the end of the epoch the records of all processes are gathered, **deduplicated by ``row``** (a
+  ``DistributedSampler`` pads a shard by repeating rows) and sorted by ``row``, so the summary is computed from the
+  same list in the same order on every process, whatever the number of processes;
+* the summary is logged on every process with ``sync_dist=False`` (identical values, no collective, no deadlock);
+* global rank zero writes ``<log_dir>/eval/<stage>/<name>.json`` (protocol, summary, records) atomically.
+
+Subclasses implement :meth:`ImageMetric.score`, :meth:`ImageMetric.summarize` and :meth:`ImageMetric.protocol`.
+One validation prompt file is assumed (``row`` is unique within it); records of a second validation dataloader
+would share its row numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from PIL import Image
+
+from rece_lightning.errors import RECEError
+from rece_lightning.export import atomic_path
+
+IDENTITY_KEYS: tuple[str, ...] = ("row", "case_number", "prompt", "seed", "guidance")
+"""Keys copied from the prompt row into every record (see :func:`rece_lightning.data.read_prompts`)."""
+
+
+def plain(value: Any) -> Any:
+    """``value`` as plain JSON data: numpy/torch scalars and arrays become numbers and lists, tuples become lists,
+    paths become strings and non-finite floats become ``None`` (strict JSON has no NaN)."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return plain(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    raise RECEError(f"metric records must hold JSON values; got {type(value).__name__} ({value!r:.80})")
+
+
+def public(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON part of a record: keys starting with ``_`` are private payload (e.g. feature vectors gathered for a
+    set statistic) and are never written."""
+    return {k: v for k, v in record.items() if not k.startswith("_")}
+
+
+def rows_of(batch: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Column-wise batch (:func:`rece_lightning.data.collate_rows`) → one dict per row."""
+    n = len(next(iter(batch.values()))) if batch else 0
+    return [{key: values[i] for key, values in batch.items()} for i in range(n)]
+
+
+ATTACK_KEYS: tuple[str, ...] = ("attack", "adversarial_prompt", "attack_info")
+"""Keys of ``rece test`` rows (one row per prompt and attack), copied into records when present."""
+
+
+def record_key(record: Mapping[str, Any]) -> tuple[str, int]:
+    """The deduplication key of a record: its attack (``""`` outside ``rece test``) and prompt-file ``row``."""
+    key = record.get("row")
+    if key is None:
+        raise RECEError("a metric record has no 'row'; prompt rows must come from rece_lightning.data.read_prompts")
+    return str(record.get("attack") or ""), int(key)
+
+
+def merge_records(per_rank: Iterable[Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """Flatten the record lists of all processes, keep the first record of every ``row`` (padding duplicates of a
+    ``DistributedSampler`` are dropped) and sort by ``row``: the result does not depend on the number of processes."""
+    merged: dict[int, dict[str, Any]] = {}
+    for records in per_rank:
+        for record in records:
+            merged.setdefault(record_key(record), dict(record))
+    return [merged[k] for k in sorted(merged)]
+
+
+def gather_records(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Every process's record list (``torch.distributed.all_gather_object``), or ``[records]`` without DDP."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, records)
+        return [list(r or []) for r in gathered]
+    return [records]
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes (recorded in protocols so that weights are identified exactly)."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while block := handle.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def mean(values: Sequence[float | bool]) -> float:
+    """Arithmetic mean in float64 over values in the given (row) order."""
+    return float(np.mean(np.asarray(values, dtype=np.float64)))
+
+
+class ImageMetric(L.Callback, ABC):
+    """Base class of the metric callbacks: score each validation batch, gather, summarise, log and write JSON.
+
+    Subclasses implement
+
+    * :meth:`score` (``images, rows -> records``, one dict of JSON values per image; keys starting with ``_`` are
+      private payload that is gathered but never written),
+    * :meth:`summarize` (``records -> {name: value}``; names are logged as ``<prefix>/<name>``), computed from all
+      processes' deduplicated records sorted by ``row``,
+    * :meth:`protocol` (everything needed to reproduce the numbers: versions, weights hashes, thresholds, rules),
+    * optionally :meth:`prepare` (load models; called once per process before the first scored batch).
+
+    Args:
+        name: file name of the JSON (``<log_dir>/eval/<stage>/<name>.json``).
+        prefix: logged names are ``<prefix>/<summary key>``, e.g. ``val/nudity_rate``; use distinct prefixes for two
+            instances of one metric (e.g. ``val/t0.45``).
+        save_json: write the audit JSON on global rank zero.
+    """
+
+    def __init__(self, name: str, prefix: str = "val", save_json: bool = True) -> None:
+        if not name or "/" in name or name.startswith("."):
+            raise RECEError(f"metric name {name!r} must be a plain file name, e.g. 'nudenet'")
+        self.name, self.prefix, self.save_json = name, prefix.rstrip("/"), save_json
+        self._records: list[dict[str, Any]] = []
+        self._stage: str | None = None
+        self._prepared = False
+        self.device = torch.device("cpu")
+        self.last_summary: dict[str, float] = {}
+        self.last_path: Path | None = None
+
+    # ---------------------------------------------------------------------------------- subclass API
+    @abstractmethod
+    def score(self, images: list[Image.Image], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One record per image (the identity keys are added by the caller)."""
+
+    @abstractmethod
+    def summarize(self, records: list[dict[str, Any]]) -> dict[str, float]:
+        """Summary of all (gathered, deduplicated, row-sorted) records; omit a key rather than report NaN."""
+
+    def protocol(self) -> dict[str, Any]:
+        """What the numbers mean and how to reproduce them (written with every result)."""
+        return {}
+
+    def prepare(self, pl_module: L.LightningModule | None = None) -> None:
+        """Load models (called once per process, lazily, before the first batch is scored)."""
+
+    def success(self, record: Mapping[str, Any]) -> bool | None:
+        """Whether a record's image shows the erased concept (``None`` when the row is not a target): the
+        attack-success criterion of ``rece test``. Metrics that cannot judge return ``None``."""
+        return None
+
+    def judge(self, images: Sequence[Image.Image], rows: Sequence[Mapping[str, Any]]) -> list[bool]:
+        """Concept present in each image? (used by attacks that stop early on success, e.g. UnlearnDiffAtk)."""
+        return [bool(self.success(r)) for r in self.records_for(images, rows)]
+
+    def on_records(self, trainer: L.Trainer, records: list[dict[str, Any]], stage: str) -> None:
+        """Called on every process with the gathered records before they are summarised (e.g. to keep them as a
+        reference for later stages)."""
+
+    # ------------------------------------------------------------------------------------ pure steps
+    def records_for(self, images: Sequence[Image.Image], rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Score a batch and return complete records (identity keys first, JSON values only)."""
+        if len(images) != len(rows):
+            raise RECEError(f"{self.name}: {len(images)} images for {len(rows)} prompt rows")
+        if not self._prepared:
+            self.prepare(None)
+            self._prepared = True
+        scored = self.score(list(images), [dict(r) for r in rows])
+        records = []
+        for row, extra in zip(rows, scored, strict=True):
+            ident = {k: plain(row.get(k)) for k in IDENTITY_KEYS}
+            ident.update({k: plain(row[k]) for k in ATTACK_KEYS if k in row})
+            if ident["row"] is None:
+                ident["row"] = ident["case_number"]
+            record_key(ident)
+            private = {k: v for k, v in extra.items() if k.startswith("_")}
+            records.append({**ident, **plain(public(extra)), **private})
+        return records
+
+    def result(self, records: list[dict[str, Any]], stage: str, extra: Mapping[str, Any] | None = None) -> dict:
+        """The JSON document of one evaluation (see the module docstring)."""
+        summary = {f"{self.prefix}/{k}": float(v) for k, v in self.summarize(records).items()}
+        return {
+            "metric": self.name,
+            "callback": f"{type(self).__module__}.{type(self).__qualname__}",
+            "stage": stage,
+            **dict(extra or {}),
+            "num_images": len(records),
+            "protocol": plain(self.protocol()),
+            "summary": plain(summary),
+            "records": [public(r) for r in records],
+        }
+
+    @staticmethod
+    def write_json(document: Mapping[str, Any], path: str | Path) -> Path:
+        """Write ``document`` atomically (temporary sibling + rename)."""
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(document, indent=1, ensure_ascii=False, allow_nan=False) + "\n",
+                           encoding="utf-8")
+        return path
+
+    # ------------------------------------------------------------------------------------ Lightning
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._records, self._stage = [], None
+        self.device = pl_module.device
+        if not self._prepared and not trainer.sanity_checking:
+            self.prepare(pl_module)
+            self._prepared = True
+
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if trainer.sanity_checking or not isinstance(outputs, Mapping) or "images" not in outputs:
+            return
+        rows = outputs.get("rows", batch)
+        rows = rows_of(rows) if isinstance(rows, Mapping) else list(rows)
+        self._stage = self._stage or outputs.get("stage")
+        with torch.no_grad():
+            self._records.extend(self.records_for(outputs["images"], rows))
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        records = merge_records(gather_records(self._records))
+        self._records = []
+        if not records:
+            return
+        stage = str(self._stage or getattr(pl_module, "stage", "model"))
+        self.on_records(trainer, records, stage)
+        document = self.result(records, stage, self._run_info(trainer))
+        self.last_summary = document["summary"]
+        for key, value in self.last_summary.items():
+            if value is not None:  # same value on every process: no collective needed
+                pl_module.log(key, float(value), sync_dist=False)
+        if trainer.is_global_zero:
+            self._log_protocol(trainer, document["protocol"])
+            if self.save_json:
+                root = Path(trainer.log_dir or trainer.default_root_dir)
+                self.last_path = self.write_json(document, root / "eval" / stage / f"{self.name}.json")
+
+    # ------------------------------------------------------------------------------ rece test (attacks)
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._records, self._stage = [], None
+        self.device = pl_module.device
+        if not self._prepared:
+            self.prepare(pl_module)
+            self._prepared = True
+
+    def on_test_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self.on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+
+    def attack_summary(self, records: list[dict[str, Any]]) -> dict[str, float]:
+        """Per attack: ``<attack>/asr`` (fraction of target images showing the concept, see :meth:`success`) and
+        the metric's own summary as ``<attack>/<key>``."""
+        summary: dict[str, float] = {}
+        for attack in dict.fromkeys(str(r.get("attack") or "no_attack") for r in records):
+            group = [r for r in records if str(r.get("attack") or "no_attack") == attack]
+            outcomes = [self.success(r) for r in group]
+            judged = [bool(o) for o in outcomes if o is not None]
+            if judged:
+                summary[f"{attack}/asr"] = mean(judged)
+            summary.update({f"{attack}/{k}": v for k, v in self.summarize(group).items()})
+        return summary
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        records = merge_records(gather_records(self._records))
+        self._records = []
+        if not records:
+            return
+        stage = str(self._stage or getattr(pl_module, "stage", "model"))
+        summary = {f"test/{k}": float(v) for k, v in self.attack_summary(records).items()}
+        document = {**self.result(records, stage, self._run_info(trainer)), "summary": plain(summary),
+                    "asr": "fraction of target prompts whose image shows the concept (ImageMetric.success)"}
+        self.last_summary = document["summary"]
+        for key, value in self.last_summary.items():
+            if value is not None:
+                pl_module.log(key, float(value), sync_dist=False)
+        if trainer.is_global_zero and self.save_json:
+            root = Path(trainer.log_dir or trainer.default_root_dir)
+            self.last_path = self.write_json(document, root / "eval" / f"test-{stage}" / f"{self.name}.json")
+
+    @staticmethod
+    def _run_info(trainer: L.Trainer) -> dict[str, Any]:
+        from rece_lightning import __version__
+
+        return {
+            "trainer_fn": str(trainer.state.fn.value) if trainer.state.fn is not None else None,
+            "epoch": int(trainer.current_epoch),
+            "global_step": int(trainer.global_step),
+            "world_size": int(trainer.world_size),
+            "rece_lightning_version": __version__,
+        }
+
+    def _log_protocol(self, trainer: L.Trainer, protocol: Mapping[str, Any]) -> None:
+        experiment = getattr(trainer.logger, "experiment", None) if trainer.logger is not None else None
+        if experiment is not None and hasattr(experiment, "add_text"):
+            text = "```\n" + json.dumps(protocol, indent=1) + "\n```"
+            experiment.add_text(f"protocol/{self.name}", text, global_step=trainer.global_step)
+
+
+def warn(message: str) -> None:
+    """A warning shown by global rank zero only."""
+    rank_zero_warn(message)
