@@ -75,3 +75,35 @@ def test_predict_writes_images_sharded_over_two_processes(tiny_sd1, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     (folder,) = (tmp_path / "run" / "images").iterdir()
     assert sorted(p.name for p in folder.glob("*.png")) == ["000000_10.png", "000001_11.png", "000002_12.png"]
+
+
+def test_ddp_validate_gives_the_same_numbers_as_one_process(tiny_sd1, tmp_path):
+    """Sharded over 2 gloo processes (5 rows: one shard is padded), the gathered metrics equal the 1-process run."""
+    import json
+
+    target = tmp_path / "target.csv"
+    target.write_text("prompt,evaluation_seed,case_number,kind,concept,shape,color\n"
+                      + "".join(f"a red triangle {i},{i},{i},explicit,triangle,triangle,red\n" for i in range(3)))
+    other = tmp_path / "other.csv"
+    other.write_text("prompt,evaluation_seed,case_number,kind,concept,shape,color\n"
+                     "a blue circle,7,0,unrelated,triangle,circle,blue\na green star,8,1,neighbour,triangle,star,green\n")
+    summaries, records = {}, {}
+    for n in (1, 2):
+        root = tmp_path / f"run{n}"
+        result = _rece(["validate", "--model.pretrained", str(tiny_sd1), "--model.concepts", "[triangle]",
+                        "--model.generation.num_inference_steps", "1",
+                        "--data.val_prompts", f"[{target}, {other}]", "--data.batch_size", "1",
+                        "--trainer.accelerator", "cpu", "--trainer.devices", str(n),
+                        "--trainer.strategy", "ddp" if n > 1 else "auto", "--trainer.default_root_dir", str(root),
+                        "--trainer.callbacks+=rece_lightning.callbacks.ClassifierAccuracy",
+                        "--trainer.callbacks+=rece_lightning.callbacks.ClassifierAccuracy",
+                        "--trainer.callbacks.name=targets_only", "--trainer.callbacks.sources=[target]"], tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        document = json.loads((root / "lightning_logs/version_0/eval/original/classifier.json").read_text())
+        only = json.loads((root / "lightning_logs/version_0/eval/original/targets_only.json").read_text())
+        assert document["world_size"] == n and len(document["records"]) == 5
+        assert [r["row"] for r in only["records"]] == [0, 1, 2]  # the sources filter kept the first file
+        summaries[n] = document["summary"]
+        records[n] = [(r["row"], r["predicted"]) for r in document["records"]]
+    assert summaries[1] == summaries[2]
+    assert records[1] == records[2]

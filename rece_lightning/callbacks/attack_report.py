@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 from safetensors.torch import save_file
 
-from rece_lightning.callbacks.metric import gather_records, merge_records, rows_of
+from rece_lightning.callbacks.metric import gather_records, merge_records, rows_of, run_dir
 from rece_lightning.export import atomic_path
 
 FIELDS = ("row", "case_number", "seed", "prompt", "adversarial_prompt", "attack_info")
@@ -43,11 +42,11 @@ class AttackReport(L.Callback):
             self._items.append(item)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        root = Path(trainer.log_dir or trainer.default_root_dir)  # collective under DDP
         items = merge_records(gather_records(self._items))
         self._items = []
         if not trainer.is_global_zero or not items:
             return
+        root = run_dir(trainer)
         stage = getattr(pl_module, "stage", "model")
         for attack in dict.fromkeys(str(i["attack"]) for i in items):
             group = [i for i in items if str(i["attack"]) == attack]

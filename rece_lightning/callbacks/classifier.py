@@ -100,8 +100,9 @@ class ClassifierAccuracy(ImageMetric):
         name: str = "classifier",
         prefix: str = "val",
         save_json: bool = True,
+        sources: list[str] | None = None,
     ) -> None:
-        super().__init__(name, prefix, save_json)
+        super().__init__(name, prefix, save_json, sources)
         if isinstance(classifier, str) and classifier != "testbed":
             raise RECEError(f"classifier must be 'testbed' or an nn.Module/callable, got {classifier!r}")
         if not isinstance(classifier, str) and not callable(classifier):

@@ -70,8 +70,9 @@ class CLIPScoreMetric(ImageMetric):
         name: str = "clip_score",
         prefix: str = "val",
         save_json: bool = True,
+        sources: list[str] | None = None,
     ) -> None:
-        super().__init__(name, prefix, save_json)
+        super().__init__(name, prefix, save_json, sources)
         self.folder = check_local_model(model_name_or_path, "CLIP model")
         if batch_size < 1:
             raise RECEError(f"batch_size must be ≥ 1, got {batch_size}")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning as L
 
+from rece_lightning.callbacks.metric import run_dir
 from rece_lightning.export import FORMATS, export_edit
 
 
@@ -29,10 +30,9 @@ class ExportEdit(L.Callback):
         self.written: dict[str, Path] = {}
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # trainer.log_dir is a collective call under DDP: every rank asks, rank zero writes
-        out = Path(self.dirpath) if self.dirpath else Path(trainer.log_dir or trainer.default_root_dir) / "export"
         if not trainer.is_global_zero:
             return
+        out = Path(self.dirpath) if self.dirpath else run_dir(trainer) / "export"
         metadata = {"hparams": dict(pl_module.hparams), "stage": getattr(pl_module, "stage", None)}
         self.written = export_edit(
             pl_module.editor, out, self.formats, pipeline=getattr(pl_module, "pipeline", None), metadata=metadata

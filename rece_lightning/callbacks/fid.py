@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from rece_lightning.callbacks.metric import ImageMetric, file_sha256, warn
+from rece_lightning.callbacks.metric import ImageMetric, file_sha256, run_dir, warn
 from rece_lightning.errors import RECEError
 from rece_lightning.export import atomic_path
 
@@ -101,6 +101,7 @@ class FrechetDistance(ImageMetric):
         name: str | None = None,
         prefix: str = "val",
         save_json: bool = True,
+        sources: list[str] | None = None,
     ) -> None:
         if (feature_extractor_weights_path is None) == (feature_extractor is None):
             raise RECEError("give exactly one of feature_extractor_weights_path (InceptionV3 weights for FID) and "
@@ -123,7 +124,7 @@ class FrechetDistance(ImageMetric):
                 raise RECEError(f"feature_extractor must be an nn.Module, got {type(feature_extractor).__name__}")
             kind = type(feature_extractor).__name__.lower()
         default = "fid" if kind == "inception" else f"fd_{kind}"
-        super().__init__(name or default, prefix, save_json)
+        super().__init__(name or default, prefix, save_json, sources)
         if batch_size < 1:
             raise RECEError(f"batch_size must be ≥ 1, got {batch_size}")
         self.kind, self.feature, self.image_size, self.batch_size = kind, int(feature), image_size, batch_size
@@ -256,7 +257,7 @@ class FrechetDistance(ImageMetric):
             self.set_reference(rows, feats, "original")
             self._skip_summary = True
             if trainer.is_global_zero and self.save_json:
-                root = Path(trainer.log_dir or trainer.default_root_dir)
+                root = run_dir(trainer)
                 with atomic_path(root / "eval" / stage / f"{self.name}_features.npz") as tmp, tmp.open("wb") as fh:
                     np.savez(fh, rows=np.asarray(rows, np.int64), features=feats)
             return

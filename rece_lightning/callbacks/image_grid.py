@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -10,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from rece_lightning.callbacks.metric import run_dir
 from rece_lightning.export import atomic_path
 
 
@@ -52,7 +52,6 @@ class ImageGridLogger(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        root = Path(trainer.log_dir or trainer.default_root_dir)  # collective under DDP: every rank asks
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             shards: list[Any] = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(shards, self._images)
@@ -60,6 +59,7 @@ class ImageGridLogger(L.Callback):
         images = [image for _, image in self._images]
         if not images or not trainer.is_global_zero:
             return
+        root = run_dir(trainer)
         stage = getattr(pl_module, "stage", "model")
         grid = make_grid(images, min(self.columns, len(images)))
         step = trainer.current_epoch if trainer.state.fn == "fit" else 0

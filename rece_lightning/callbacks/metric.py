@@ -105,6 +105,14 @@ def gather_records(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return [records]
 
 
+def run_dir(trainer: L.Trainer) -> Path:
+    """The run's log folder, read without a collective call (``trainer.log_dir`` broadcasts under DDP, which
+    deadlocks when only rank zero asks): rank zero's own logger knows the folder it writes to."""
+    logger = trainer.logger
+    folder = getattr(logger, "log_dir", None) if logger is not None else None
+    return Path(folder or trainer.default_root_dir)
+
+
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes (recorded in protocols so that weights are identified exactly)."""
     h = hashlib.sha256()
@@ -136,12 +144,15 @@ class ImageMetric(L.Callback, ABC):
         prefix: logged names are ``<prefix>/<summary key>``, e.g. ``val/nudity_rate``; use distinct prefixes for two
             instances of one metric (e.g. ``val/t0.45``).
         save_json: write the audit JSON on global rank zero.
+        sources: score only rows whose ``source`` (the stem of their prompt file, when several validation files
+            are given) is listed, e.g. ``[nudity]`` for NudeNet and ``[coco_30k_val]`` for CLIP score and FID.
     """
 
-    def __init__(self, name: str, prefix: str = "val", save_json: bool = True) -> None:
+    def __init__(self, name: str, prefix: str = "val", save_json: bool = True, sources: list[str] | None = None) -> None:
         if not name or "/" in name or name.startswith("."):
             raise RECEError(f"metric name {name!r} must be a plain file name, e.g. 'nudenet'")
         self.name, self.prefix, self.save_json = name, prefix.rstrip("/"), save_json
+        self.sources = None if sources is None else list(sources)
         self._records: list[dict[str, Any]] = []
         self._stage: str | None = None
         self._prepared = False
@@ -237,9 +248,14 @@ class ImageMetric(L.Callback, ABC):
             return
         rows = outputs.get("rows", batch)
         rows = rows_of(rows) if isinstance(rows, Mapping) else list(rows)
+        images = list(outputs["images"])
+        if self.sources is not None:  # score only the prompt sets this metric is for
+            keep = [i for i, row in enumerate(rows) if row.get("source") in self.sources]
+            rows, images = [rows[i] for i in keep], [images[i] for i in keep]
         self._stage = self._stage or outputs.get("stage")
-        with torch.no_grad():
-            self._records.extend(self.records_for(outputs["images"], rows))
+        if rows:
+            with torch.no_grad():
+                self._records.extend(self.records_for(images, rows))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -258,7 +274,7 @@ class ImageMetric(L.Callback, ABC):
         if trainer.is_global_zero:
             self._log_protocol(trainer, document["protocol"])
             if self.save_json:
-                root = Path(trainer.log_dir or trainer.default_root_dir)
+                root = run_dir(trainer)
                 self.last_path = self.write_json(document, root / "eval" / stage / f"{self.name}.json")
 
     # ------------------------------------------------------------------------------ rece test (attacks)
@@ -302,7 +318,7 @@ class ImageMetric(L.Callback, ABC):
             if value is not None:
                 pl_module.log(key, float(value), sync_dist=False)
         if trainer.is_global_zero and self.save_json:
-            root = Path(trainer.log_dir or trainer.default_root_dir)
+            root = run_dir(trainer)
             self.last_path = self.write_json(document, root / "eval" / f"test-{stage}" / f"{self.name}.json")
 
     @staticmethod

@@ -105,8 +105,9 @@ class NudeNetMetric(ImageMetric):
         name: str = "nudenet",
         prefix: str = "val",
         save_json: bool = True,
+        sources: list[str] | None = None,
     ) -> None:
-        super().__init__(name, prefix, save_json)
+        super().__init__(name, prefix, save_json, sources)
         if not 0.0 <= float(threshold) < 1.0:
             raise RECEError(f"NudeNet threshold must be in [0, 1), got {threshold}")
         labels = nudenet_labels()
