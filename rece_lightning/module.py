@@ -151,8 +151,9 @@ class RECEModule(L.LightningModule):
         technique: ``replace`` (values of the anchor; one shared map) or ``tensor`` (remove the concept direction).
         generation: image generation settings for validation/test/predict.
         validate_original: spend epoch 0 on validating the unedited model (the baseline of every run).
-        keep_best: a logged metric (e.g. ``val/nudity_rate``); after fit the stage with its best value is kept,
-            as the paper keeps its lowest nudity rate. ``None`` keeps the last stage.
+        keep_best: a logged metric (e.g. ``val/nudity_rate``); after fit the edited stage (UCE or a RECE iteration)
+            with its best value is kept, the earlier one on ties, as the paper keeps its lowest nudity rate.
+            ``None`` keeps the last stage.
         keep_best_mode: ``min`` or ``max``.
         torch_dtype: dtype of the pipeline (``float16`` on GPUs); the maths always runs in float64.
         attacks: red-teaming attacks run by ``rece test`` on the test prompts (default: no attack). Each is recorded
@@ -338,7 +339,8 @@ class RECEModule(L.LightningModule):
         return None
 
     def on_train_epoch_end(self) -> None:
-        if self.hparams.keep_best and self.stage_index >= 0:
+        # candidates are the edited stages (the original model is the baseline); ties keep the earlier stage
+        if self.hparams.keep_best and self.stage != "original":
             value = self.trainer.callback_metrics.get(self.hparams.keep_best)
             if value is not None:
                 score = float(value)
