@@ -20,8 +20,11 @@ if TYPE_CHECKING:
 
 
 def read_pairs(path: str | Path) -> list[tuple[str, str]]:
-    """(sensitive, normal) prompt pairs: the first two columns of a Ring-A-Bell CSV."""
-    path = Path(path)
+    """(sensitive, normal) prompt pairs: the first two columns of a Ring-A-Bell CSV (``testbed:<name>`` for the
+    testbed's, e.g. ``testbed:triangle-ring-a-bell``)."""
+    from rece_lightning.data import resolve_prompts
+
+    path = resolve_prompts(path)
     if not path.is_file():
         raise RECEError(f"Ring-A-Bell pair file {path} does not exist (columns: sensitive prompt, normal prompt)")
     with path.open(newline="", encoding="utf-8") as handle:
