@@ -100,3 +100,14 @@ def test_starting_from_uce_weights_equals_computing_them(tiny_sd1, tmp_path):
     lora = resumed.lora_factors()  # per-layer SVD path (the base is not the original model)
     for key, (b, a) in lora.items():
         torch.testing.assert_close(resumed.original[key] + b @ a, full[key], rtol=1e-9, atol=1e-10)
+
+
+def test_exports_get_normal_permissions(module, tmp_path):
+    import os
+    import stat
+
+    written = export_edit(module.erase(), tmp_path / "out", ["kv_weights", "lora"])
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in written.values():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # not mkstemp's private 0600
