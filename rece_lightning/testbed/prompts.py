@@ -1,0 +1,203 @@
+"""Erasure concepts of the testbed and their evaluation prompt CSVs.
+
+Each CSV follows the paper schema (``prompt``, ``evaluation_seed``,
+``case_number``) plus ground truth: ``kind`` (explicit / paraphrase / implicit /
+neighbour / unrelated), ``concept``, and the intended ``shape``, ``color``,
+``pattern``, ``background`` (empty when the prompt leaves it free).
+
+Regenerate the shipped CSVs with ``python -m rece_lightning.testbed.prompts``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .captions import IMPLICIT_CUES, ImplicitCue, explicit_caption, implicit_caption, scene_for_cue
+from .world import COLORS, PATTERNS, SHAPES, Scene, random_scene
+
+PROMPTS_DIR: str = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prompts")
+CSV_COLUMNS: tuple[str, ...] = (
+    "case_number",
+    "prompt",
+    "evaluation_seed",
+    "kind",
+    "concept",
+    "shape",
+    "color",
+    "pattern",
+    "background",
+)
+KINDS: tuple[str, ...] = ("explicit", "paraphrase", "implicit", "neighbour", "unrelated")
+
+
+@dataclass(frozen=True)
+class Concept:
+    """An erasable concept of the testbed world.
+
+    Attributes:
+        name: concept name, also the word used in explicit prompts.
+        attribute: the scene attribute it lives in ("shape" or "pattern").
+        kind: "object" or "style".
+    """
+
+    name: str
+    attribute: str
+    kind: str
+
+    @property
+    def csv_path(self) -> str:
+        """Path of the shipped prompt CSV."""
+        return os.path.join(PROMPTS_DIR, f"{self.name}.csv")
+
+    def implicit_cues(self) -> list[ImplicitCue]:
+        """Implicit cues that evoke this concept without naming it."""
+        return [c for c in IMPLICIT_CUES if c.fixed.get(self.attribute) == self.name]
+
+
+CONCEPTS: dict[str, Concept] = {
+    "triangle": Concept("triangle", "shape", "object"),
+    "striped": Concept("striped", "pattern", "style"),
+}
+
+N_EXPLICIT = 48
+N_PARAPHRASE = 48
+N_IMPLICIT = 48
+N_NEIGHBOUR = 48
+N_UNRELATED = 36
+
+
+def _row(prompt: str, kind: str, concept: str, scene: Scene, known: set[str], seed: int) -> dict[str, object]:
+    return {
+        "prompt": prompt,
+        "evaluation_seed": seed,
+        "kind": kind,
+        "concept": concept,
+        **{a: (getattr(scene, a) if a in known else "") for a in ("shape", "color", "pattern", "background")},
+    }
+
+
+def _explicit_rows(concept: Concept, rng: np.random.Generator, n: int, heldout: bool) -> list[dict[str, object]]:
+    rows = []
+    for i in range(n):
+        scene = random_scene(rng, **{concept.attribute: concept.name, "color": COLORS[i % len(COLORS)]})
+        name_pattern = concept.attribute == "pattern" or rng.random() < 0.6
+        name_bg = rng.random() < 0.4
+        known = {"shape", "color"} | ({"pattern"} if name_pattern else set()) | ({"background"} if name_bg else set())
+        prompt = explicit_caption(scene, rng, heldout=heldout, name_pattern=name_pattern, name_background=name_bg)
+        kind = "paraphrase" if heldout else "explicit"
+        rows.append(_row(prompt, kind, concept.name, scene, known, int(rng.integers(1_000_000))))
+    return rows
+
+
+def _implicit_rows(concept: Concept, rng: np.random.Generator, n: int) -> list[dict[str, object]]:
+    rows = []
+    cues = concept.implicit_cues()
+    for i in range(n):
+        cue = cues[i % len(cues)]
+        scene = scene_for_cue(cue, rng)
+        if "{c}" in cue.template:
+            scene = Scene(**{**scene.as_dict(), "color": COLORS[(i // len(cues)) % len(COLORS)]})
+        name_bg = "{bg}" in cue.template
+        prompt = implicit_caption(cue, scene, rng, name_background=name_bg)
+        known = set(cue.fixed) | ({"color"} if "{c}" in cue.template else set())
+        known |= {"shape"} if "{s}" in cue.template else set()
+        known |= {"background"} if name_bg else set()
+        rows.append(_row(prompt, "implicit", concept.name, scene, known, int(rng.integers(1_000_000))))
+    return rows
+
+
+def _neighbour_rows(concept: Concept, rng: np.random.Generator, n: int) -> list[dict[str, object]]:
+    """Same colours (and shapes, for a style) with a different value of the concept's attribute."""
+    values = [v for v in (SHAPES if concept.attribute == "shape" else PATTERNS) if v != concept.name]
+    rows = []
+    for i in range(n):
+        fixed = {concept.attribute: values[i % len(values)], "color": COLORS[(i // len(values)) % len(COLORS)]}
+        if concept.attribute == "pattern":
+            fixed["shape"] = SHAPES[i % len(SHAPES)]
+        scene = random_scene(rng, **fixed)
+        name_pattern = concept.attribute == "pattern" or rng.random() < 0.6
+        known = {"shape", "color"} | ({"pattern"} if name_pattern else set())
+        prompt = explicit_caption(scene, rng, heldout=bool(i % 2), name_pattern=name_pattern, name_background=False)
+        rows.append(_row(prompt, "neighbour", concept.name, scene, known, int(rng.integers(1_000_000))))
+    return rows
+
+
+def _unrelated_rows(concept: Concept, rng: np.random.Generator, n: int) -> list[dict[str, object]]:
+    """Scenes without the concept, including implicit cues of other attributes."""
+    rows = []
+    others = [
+        c
+        for c in IMPLICIT_CUES
+        if c.fixed.get(concept.attribute, concept.name) != concept.name and "{" not in c.template
+    ]
+    for i in range(n):
+        if i < len(others):
+            cue = others[i]
+            scene = scene_for_cue(cue, rng)
+            prompt = implicit_caption(cue, scene, rng, name_background=False)
+            known = set(cue.fixed)
+        else:
+            while True:
+                scene = random_scene(rng)
+                if getattr(scene, concept.attribute) != concept.name:
+                    break
+            known = {"shape", "color", "pattern"}
+            prompt = explicit_caption(scene, rng, heldout=bool(i % 2), name_background=False)
+        if getattr(scene, concept.attribute) == concept.name:  # pragma: no cover - excluded above
+            continue
+        rows.append(_row(prompt, "unrelated", concept.name, scene, known, int(rng.integers(1_000_000))))
+    return rows
+
+
+def build_prompt_rows(concept: str | Concept, seed: int = 0) -> list[dict[str, object]]:
+    """Deterministically build the evaluation prompt rows of a concept."""
+    c = CONCEPTS[concept] if isinstance(concept, str) else concept
+    rng = np.random.default_rng([seed, len(c.name), sum(map(ord, c.name))])
+    rows = (
+        _explicit_rows(c, rng, N_EXPLICIT, heldout=False)
+        + _explicit_rows(c, rng, N_PARAPHRASE, heldout=True)
+        + _implicit_rows(c, rng, N_IMPLICIT)
+        + _neighbour_rows(c, rng, N_NEIGHBOUR)
+        + _unrelated_rows(c, rng, N_UNRELATED)
+    )
+    for i, r in enumerate(rows):
+        r["case_number"] = i
+    return rows
+
+
+def write_prompt_csv(concept: str, path: str | None = None, seed: int = 0) -> str:
+    """Write a concept's prompt CSV (default: the shipped location); return its path."""
+    path = path or CONCEPTS[concept].csv_path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(CSV_COLUMNS))
+        writer.writeheader()
+        for row in build_prompt_rows(concept, seed):
+            writer.writerow(row)
+    os.replace(tmp, path)
+    return path
+
+
+def load_prompts(concept: str, path: str | None = None) -> list[dict[str, str]]:
+    """Read a concept's prompt CSV as a list of dict rows (all values as strings)."""
+    with open(path or CONCEPTS[concept].csv_path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Regenerate the shipped prompt CSVs."""
+    ap = argparse.ArgumentParser(description="Write the testbed prompt CSVs.")
+    ap.add_argument("--out", default=PROMPTS_DIR)
+    args = ap.parse_args(argv)
+    for name in CONCEPTS:
+        print(write_prompt_csv(name, os.path.join(args.out, f"{name}.csv")))
+
+
+if __name__ == "__main__":
+    main()
