@@ -97,6 +97,13 @@ def regularised_system(
 
 def _right_solve(numerator: Tensor, system: Tensor) -> Tensor:
     """``numerator · system⁻¹`` for a symmetric positive-definite ``system`` (Cholesky, float64)."""
+    factor = _cholesky(system)
+    # X · S = Nm  ⇔  S · Xᵀ = Nmᵀ  (S symmetric)
+    return torch.cholesky_solve(numerator.T.contiguous(), factor).T
+
+
+def _cholesky(system: Tensor) -> Tensor:
+    """Cholesky factor of the UCE system, or a clear error when it is (numerically) singular."""
     factor, info = torch.linalg.cholesky_ex(system)
     diagonal = factor.diagonal()
     # (min/max of diag L)² estimates 1/cond(M); below float64's resolution the solve is meaningless
@@ -105,8 +112,7 @@ def _right_solve(numerator: Tensor, system: Tensor) -> Tensor:
             "the UCE system λI + s_e Σ c cᵀ + s_p Σ p pᵀ is singular (or numerically so); "
             "increase lamb (λ) or check the embeddings for non-finite values"
         )
-    # X · S = Nm  ⇔  S · Xᵀ = Nmᵀ  (S symmetric)
-    return torch.cholesky_solve(numerator.T.contiguous(), factor).T
+    return factor
 
 
 def uce_map(
@@ -129,9 +135,11 @@ def uce_map(
     if t.shape != c.shape:
         raise ClosedFormError(f"erase inputs {tuple(c.shape)} and targets {tuple(t.shape)} must pair row by row")
     system = regularised_system(c, preserve, lamb, erase_scale, preserve_scale)
-    # N = M + s_e (C* − C)ᵀ C : forming the difference keeps T − I exactly low rank
-    numerator = system + erase_scale * (t - c).T @ c
-    return _right_solve(numerator, system)
+    # N = M + s_e (C* − C)ᵀ C, so T = I + s_e (C* − C)ᵀ (C M⁻¹): one solve with n right-hand sides (n ≪ d),
+    # and T − I stays exactly low rank
+    c_solved = torch.cholesky_solve(c.T.contiguous(), _cholesky(system)).T  # C M⁻¹ (M symmetric)
+    eye = torch.eye(d, dtype=torch.float64, device=c.device)
+    return eye + erase_scale * (t - c).T @ c_solved
 
 
 def uce_layer(

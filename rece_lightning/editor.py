@@ -248,8 +248,12 @@ class KVEditor:
             step = closed_form.uce_map(
                 inputs, targets, preserve, lamb=lamb, erase_scale=erase_scale, preserve_scale=preserve_scale
             )
-            for kind in self.edited_kinds:
-                self.maps[kind] = self.maps[kind] @ step
+            if len(self.edited_kinds) == 2 and torch.equal(self.maps["to_k"], self.maps["to_v"]):
+                product = self.maps["to_v"] @ step  # with_to_k: keys and values share one map
+                self.maps.update({kind: product for kind in self.edited_kinds})
+            else:
+                for kind in self.edited_kinds:
+                    self.maps[kind] = self.maps[kind] @ step
             self._check_finite()
             return
         for p in self.projections:

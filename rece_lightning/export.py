@@ -128,7 +128,7 @@ def save_edit_map(editor: KVEditor, path: str | Path, metadata: Mapping[str, Any
         "layers": [p.name for p in editor.projections],
         "rank": editor.edit_rank(),
     }
-    maps = {f"{kind}.T": editor.maps[kind].detach().cpu().contiguous() for kind in editor.edited_kinds}
+    maps = {f"{kind}.T": editor.maps[kind].detach().cpu().clone() for kind in editor.edited_kinds}
     with atomic_path(path) as tmp:
         save_file(maps, str(tmp), metadata=_metadata(info))
     return Path(path)
