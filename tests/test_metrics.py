@@ -422,4 +422,5 @@ def test_callback_configs_compose_with_an_experiment_config(capsys):
     assert exit_info.value.code in (0, None)
     paths = [line.split(": ", 1)[1] for line in capsys.readouterr().out.splitlines() if "class_path: rece_" in line]
     assert [p.rsplit(".", 1)[1] for p in paths if ".callbacks." in p] == [
-        "ImageGridLogger", "ExportEdit", "NudeNetMetric", "CLIPScoreMetric", "FrechetDistance", "ClassifierAccuracy"]
+        "NudeNetMetric", "TradeoffLayout", "ImageGridLogger", "ExportEdit",  # configs/nudity.yaml's own
+        "NudeNetMetric", "CLIPScoreMetric", "FrechetDistance", "ClassifierAccuracy"]  # appended by callbacks/*.yaml
