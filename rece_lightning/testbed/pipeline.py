@@ -96,20 +96,14 @@ def generate(
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     batch_size: int = 64,
 ) -> list[Image.Image]:
-    """Generate one image per (prompt, seed), batched; each image depends only on its own seed.
+    """Generate one image per (prompt, seed) in batches of ``batch_size``; each image depends only on its own seed
+    (:func:`rece_lightning.pipeline.generate` with the testbed's default settings)."""
+    from rece_lightning.pipeline import generate as generate_images
 
-    Uses the pipeline's own ``__call__`` with one ``torch.Generator`` per image.
-    """
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds must have the same length")
     images: list[Image.Image] = []
     for i in range(0, len(prompts), batch_size):
-        gens = [torch.Generator().manual_seed(int(s)) for s in seeds[i : i + batch_size]]
-        out = pipe(
-            list(prompts[i : i + batch_size]),
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            generator=gens,
-        )
-        images.extend(out.images)
+        images += generate_images(pipe, prompts[i : i + batch_size], seeds[i : i + batch_size],
+                                  num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
     return images
