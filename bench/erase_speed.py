@@ -4,7 +4,7 @@ Model loading is excluded from the time; the recipe includes the text encodings,
 solves and folding the edit into the 32 K/V projections. A second process runs an erase-only job (load, erase,
 export) and reports its peak resident memory.
 
-    python bench/erase_speed.py [--repeats 5] [--dtype float32]
+    python bench/erase_speed.py [--repeats 5] [--dtype float32] [--device cuda]
 
 The random SD-1.4-shaped pipeline (~2 GB in float16) is cached under bench/.cache/ (ignored by git).
 """
@@ -12,6 +12,7 @@ The random SD-1.4-shaped pipeline (~2 GB in float16) is cached under bench/.cach
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import subprocess
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-TOKENIZER = HERE.parent.parent / "shared" / "fixtures" / "clip-tokenizer"
+TOKENIZER = Path(os.environ.get("RECE_CLIP_TOKENIZER", HERE.parent.parent / "shared" / "fixtures" / "clip-tokenizer"))
 CACHE = HERE / ".cache" / "sd14-random"
 RECIPE = dict(
     concepts=["nudity"],
@@ -48,20 +49,29 @@ def ensure_model() -> Path:
     return CACHE
 
 
-def time_recipe(model: Path, dtype: str, repeats: int) -> None:
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_recipe(model: Path, dtype: str, repeats: int, device: torch.device) -> None:
     from rece_lightning.module import RECEModule
 
     times, ranks = [], []
     for _ in range(repeats):
         module = RECEModule(pretrained=str(model), torch_dtype=dtype, **RECIPE)  # loading: not timed
+        module.to(device)
+        module.editor.to(device)
+        synchronize(device)
         start = time.perf_counter()
         editor = module.erase()
+        synchronize(device)
         times.append(time.perf_counter() - start)
         ranks.append(editor.edit_rank())
         del module, editor
     n_proj = 32
-    print(f"recipe (UCE + 3 RECE iterations, {n_proj} K/V projections of width 768, {dtype}, "
-          f"{torch.get_num_threads()} threads): median {statistics.median(times):.3f} s, "
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    print(f"recipe (UCE + 3 RECE iterations, {n_proj} K/V projections of width 768, {dtype}, {where}): median {statistics.median(times):.3f} s, "
           f"min {min(times):.3f} s over {repeats} runs; rank(T - I) = {ranks[0]}")
 
 
@@ -89,13 +99,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", default="float32", help="dtype of the timed runs")
     parser.add_argument("--memory-dtype", default="float16", help="dtype of the erase-only memory run")
+    parser.add_argument("--device", default="cpu", help="where the recipe runs (cpu, cuda)")
     parser.add_argument("--erase-only", nargs=2, metavar=("MODEL", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.erase_only:
         erase_only(*args.erase_only, args.memory_dtype)
         return
     model = ensure_model()
-    time_recipe(model, args.dtype, args.repeats)
+    time_recipe(model, args.dtype, args.repeats, torch.device(args.device))
     with tempfile.TemporaryDirectory() as out:
         subprocess.run([sys.executable, __file__, "--memory-dtype", args.memory_dtype, "--erase-only", str(model), out],
                        check=True)

@@ -23,12 +23,22 @@ def _epochs(iterations: int, validate_original: bool) -> int:
 
 
 class RECECLI(LightningCLI):
-    """LightningCLI whose trainer runs exactly one epoch per edit stage."""
+    """LightningCLI whose trainer runs exactly one epoch per edit stage.
+
+    ``--ckpt_path`` restores the edited K/V weights and edit state onto the model that the config and command line
+    describe. Lightning's CLI would also overwrite the model section with the hyper-parameters saved in the
+    checkpoint, silently dropping e.g. the attacks of ``rece test --config attack.yaml`` (the erasure run had none)
+    or a ``--model.torch_dtype float16``; here the user's config is authoritative, and a checkpoint that does not fit
+    the model is refused when it is loaded.
+    """
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments(
             ("model.rece.iterations", "model.validate_original"), "trainer.max_epochs", compute_fn=_epochs
         )
+
+    def _parse_ckpt_path(self) -> None:
+        """Keep the config's model section (see the class docstring) instead of the checkpoint's hyper-parameters."""
 
 
 TRAINER_DEFAULTS = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -89,18 +90,20 @@ def generate(
     height: int | None = None,
     width: int | None = None,
     prompt_embeds: Sequence[Tensor | None] | None = None,
-) -> list[Image.Image]:
+    output_type: str = "pil",
+) -> list[Image.Image] | Tensor:
     """One image per prompt, each from its own seed (and its own guidance scale when given).
 
     ``prompt_embeds`` (one ``(L, d)`` tensor or ``None`` per prompt) generates from embeddings instead of text, as
     embedding-space attacks do; the unconditional branch of guidance still encodes the empty prompt.
+    ``output_type="latent"`` returns the final latents stacked in prompt order instead of images.
     Every image depends only on its row, so batching or sharding over processes does not change results beyond
     floating-point noise of batched kernels.
     """
     scales = [guidance_scale if g is None else float(g) for g in (guidance or [None] * len(prompts))]
     device = pipe._execution_device
     generator_device = "cpu" if device.type == "mps" else device
-    images: list[Image.Image | None] = [None] * len(prompts)
+    images: list[Any] = [None] * len(prompts)
     embeds = list(prompt_embeds) if prompt_embeds is not None else [None] * len(prompts)
     groups = dict.fromkeys((s, e is not None) for s, e in zip(scales, embeds, strict=True))
     for scale, from_embeds in groups:
@@ -117,8 +120,10 @@ def generate(
             guidance_scale=scale,
             height=height,
             width=width,
-            output_type="pil",
+            output_type=output_type,
         )
         for i, image in zip(idx, out.images, strict=True):
             images[i] = image
+    if output_type == "latent":
+        return torch.stack(images)  # type: ignore[arg-type]
     return [im for im in images if im is not None]

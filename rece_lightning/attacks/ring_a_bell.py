@@ -87,8 +87,7 @@ class RingABell(Attack):
         search = GeneticSearch(lambda ids: token_embeddings(module, ids), search_vocabulary(module.pipeline.tokenizer),
                                **self.search_args)
         out = []
-        for target in targets:
-            result = search.search(target)
+        for result in search.search_many(targets):
             text = module.pipeline.tokenizer.decode(result.tokens)
             out.append(AdversarialInput(prompt=text, info={"tokens": result.tokens, "loss": result.loss,
                                                            "initial_loss": result.history[0]}))

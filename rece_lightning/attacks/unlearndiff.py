@@ -13,6 +13,8 @@ from torch import Tensor
 
 from rece_lightning.attacks.base import AdversarialInput, Attack
 from rece_lightning.attacks.ring_a_bell import search_vocabulary
+from rece_lightning.errors import RECEError
+from rece_lightning.pipeline import generate
 
 if TYPE_CHECKING:
     from rece_lightning.module import RECEModule
@@ -38,6 +40,8 @@ class UnlearnDiffAtk(Attack):
         eval_timesteps: size of the fixed (t, ε) set of the reported objective.
         seed: makes the initial tokens, timesteps and noise deterministic.
         judge: ``judge(images, rows) -> [concept present?]``; set by the test stage from its evaluation protocol.
+        batch_size: rows attacked together (one batched text-encoder and UNet pass per step); memory grows with it
+            (a step back-propagates through the UNet for every row of the batch).
     """
 
     name = "unlearndiff"
@@ -51,24 +55,24 @@ class UnlearnDiffAtk(Attack):
         eval_timesteps: int = 8,
         seed: int = 0,
         judge: Judge | None = None,
+        batch_size: int = 8,
     ) -> None:
-        self.prefix_tokens, self.steps, self.lr = prefix_tokens, steps, lr
+        if batch_size < 1:
+            raise RECEError(f"UnlearnDiffAtk batch_size must be ≥ 1, got {batch_size}")
+        self.prefix_tokens, self.steps, self.lr, self.batch_size = prefix_tokens, steps, lr, batch_size
         self.check_every, self.eval_timesteps, self.seed, self.judge = check_every, eval_timesteps, seed, judge
 
     # ---------------------------------------------------------------------------------------------- helpers
     @torch.no_grad()
-    def _original_latents(self, module: RECEModule, row: dict[str, Any]) -> Tensor:
-        """x₀ of the row's prompt and seed from the unedited model (the edit is restored afterwards)."""
+    def _original_latents(self, module: RECEModule, rows: list[dict[str, Any]]) -> Tensor:
+        """x₀ of each row's prompt and seed from the unedited model (the edit is restored afterwards)."""
         module.editor.restore_original()
         try:
-            device = module.pipeline._execution_device
-            generator = torch.Generator("cpu" if device.type == "mps" else device).manual_seed(int(row["seed"]))
             g = module.generation
-            out = module.pipeline(prompt=[row["prompt"]], generator=[generator], output_type="latent",
-                                  num_inference_steps=g.num_inference_steps,
-                                  guidance_scale=row.get("guidance") or g.guidance_scale,
-                                  height=g.height, width=g.width)
-            return out.images[0:1].float()
+            return generate(module.pipeline, [r["prompt"] for r in rows], [int(r["seed"]) for r in rows],
+                            num_inference_steps=g.num_inference_steps, guidance_scale=g.guidance_scale,
+                            guidance=[r.get("guidance") for r in rows], height=g.height, width=g.width,
+                            output_type="latent").float()
         finally:
             module.editor.apply()
 
@@ -81,7 +85,8 @@ class UnlearnDiffAtk(Attack):
         return torch.cat([ids[:1], ids[1:2].repeat(k), ids[1:-k]])  # keeps the length; truncates the tail
 
     def _encode(self, module: RECEModule, ids: Tensor, prefix: Tensor) -> Tensor:
-        """Text embeddings with the K slots after the start token replaced by ``prefix`` (K, d), differentiably."""
+        """Text embeddings of (B, L) ids with the K slots after the start token replaced by ``prefix`` (B, K, d),
+        differentiably."""
         encoder = module.pipeline.text_encoder
         table = encoder.get_input_embeddings()
         k = self.prefix_tokens
@@ -93,83 +98,108 @@ class UnlearnDiffAtk(Attack):
 
         handle = table.register_forward_hook(replace)
         try:
-            return encoder(ids[None].to(prefix.device))[0]
+            return encoder(ids.to(prefix.device))[0]
         finally:
             handle.remove()
 
-    def _loss(self, module: RECEModule, cond: Tensor, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+    def _losses(self, module: RECEModule, cond: Tensor, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """Per-sample ``mean‖ε_θ'(x_t, t, cond) − ε‖²`` for (B, …) latents, timesteps, noise and conditions."""
         scheduler = module.pipeline.scheduler
         noisy = scheduler.add_noise(x0, noise, t)
         unet = module.pipeline.unet
-        pred = unet(noisy.to(unet.dtype), t.to(noisy.device), encoder_hidden_states=cond.expand(len(t), -1, -1)).sample
-        return F.mse_loss(pred.float(), noise.float())
+        pred = unet(noisy.to(unet.dtype), t.to(noisy.device), encoder_hidden_states=cond.to(unet.dtype)).sample
+        return (pred.float() - noise.float()).flatten(1).square().mean(1)
 
     # ----------------------------------------------------------------------------------------------- attack
-    def attack_row(self, module: RECEModule, row: dict[str, Any]) -> AdversarialInput:
+    def attack_rows(self, module: RECEModule, rows: list[dict[str, Any]]) -> list[AdversarialInput]:
+        """Attack a batch of rows at once. Row ``i`` draws its start tokens, timesteps and noise from its own
+        generator (``seed + row``) and stops on its own success, so a row's result does not depend on its batch
+        (beyond floating-point noise of batched kernels); the per-row losses are summed, which leaves each row's
+        gradient, hence its Adam update, as if it were alone."""
         device = module.pipeline._execution_device
-        g = torch.Generator().manual_seed(self.seed + int(row.get("row", 0)))
         tok = module.pipeline.tokenizer
-        table = module.pipeline.text_encoder.get_input_embeddings().weight.detach()
+        table = module.pipeline.text_encoder.get_input_embeddings().weight.detach().float()
         vocab = torch.tensor(search_vocabulary(tok))
-        x0 = self._original_latents(module, row).to(device)
-        ids = self._ids(module, row["prompt"])
+        n, k, n_vocab = len(rows), self.prefix_tokens, table.shape[0]
+        generators = [torch.Generator().manual_seed(self.seed + int(row.get("row", 0))) for row in rows]
+        x0 = self._original_latents(module, rows).to(device)
+        ids = torch.stack([self._ids(module, row["prompt"]) for row in rows])
         n_train = module.pipeline.scheduler.config.num_train_timesteps
-        eval_t = torch.randint(0, n_train, (self.eval_timesteps,), generator=g).to(device)
-        eval_noise = torch.randn((self.eval_timesteps, *x0.shape[1:]), generator=g).to(device, x0.dtype)
-        x0_eval = x0.expand(self.eval_timesteps, -1, -1, -1)
+        e = self.eval_timesteps
+        eval_t, eval_noise, start = [], [], []
+        for g in generators:
+            eval_t.append(torch.randint(0, n_train, (e,), generator=g))
+            eval_noise.append(torch.randn((e, *x0.shape[1:]), generator=g))
+            start.append(vocab[torch.randint(len(vocab), (k,), generator=g)])
+        eval_t_all = torch.stack(eval_t).to(device)  # (n, e)
+        eval_noise_all = torch.stack(eval_noise).to(device, x0.dtype)  # (n, e, …)
+        start_tokens = torch.stack(start).to(device)
 
-        start = vocab[torch.randint(len(vocab), (self.prefix_tokens,), generator=g)]
-        logits = torch.zeros(self.prefix_tokens, table.shape[0], device=device)
-        logits[torch.arange(self.prefix_tokens), start] = 1.0
+        logits = torch.zeros(n, k, n_vocab, device=device)
+        logits.scatter_(2, start_tokens[..., None], 1.0)
         logits.requires_grad_(True)
-        mask = torch.full((table.shape[0],), float("-inf"), device=device)
-        mask[vocab] = 0.0
+        mask = torch.full((n_vocab,), float("-inf"), device=device)
+        mask[vocab.to(device)] = 0.0
         optimiser = torch.optim.Adam([logits], lr=self.lr)
 
-        def hard_tokens() -> Tensor:
-            return (logits.detach() + mask).argmax(-1)
-
         @torch.no_grad()
-        def objective(tokens: Tensor) -> float:
-            cond = self._encode(module, ids, table[tokens].float())
-            return float(self._loss(module, cond, x0_eval, eval_t, eval_noise))
+        def objectives(tokens: Tensor, idx: list[int]) -> list[float]:
+            """The fixed-(t, ε) objective of the hard prefixes ``tokens[idx]`` of rows ``idx``."""
+            cond = self._encode(module, ids[idx].repeat_interleave(e, 0), table[tokens[idx]].repeat_interleave(e, 0))
+            losses = self._losses(module, cond, x0[idx].repeat_interleave(e, 0), eval_t_all[idx].flatten(),
+                                  eval_noise_all[idx].flatten(0, 1))
+            return losses.view(len(idx), e).mean(1).tolist()
 
-        best_tokens, best = start.to(device), objective(start.to(device))
-        initial, success, steps_run = best, False, 0
+        best_tokens = [start_tokens[i] for i in range(n)]
+        best = objectives(start_tokens, list(range(n)))
+        initial = list(best)
+        success, steps_run = [False] * n, [0] * n
+        active = list(range(n))
         for step in range(1, self.steps + 1):
-            steps_run = step
-            soft = torch.softmax(logits + mask, -1)
-            hard = F.one_hot(soft.argmax(-1), table.shape[0]).to(soft.dtype)
+            for i in active:
+                steps_run[i] = step
+            soft = torch.softmax(logits[active] + mask, -1)
+            hard = F.one_hot(soft.argmax(-1), n_vocab).to(soft.dtype)
             onehot = hard + soft - soft.detach()  # straight-through: hard tokens forward, soft gradient
-            with torch.enable_grad():
-                cond = self._encode(module, ids, onehot @ table.float())
-                t = torch.randint(0, n_train, (1,), generator=g).to(device)
-                noise = torch.randn(x0.shape, generator=g).to(device, x0.dtype)
-                loss = self._loss(module, cond, x0, t, noise)
-                optimiser.zero_grad()
-                loss.backward()
+            t = torch.cat([torch.randint(0, n_train, (1,), generator=generators[i]) for i in active]).to(device)
+            noise = torch.cat([torch.randn((1, *x0.shape[1:]), generator=generators[i]) for i in active])
+            cond = self._encode(module, ids[active], onehot @ table)
+            loss = self._losses(module, cond, x0[active], t, noise.to(device, x0.dtype)).sum()
+            optimiser.zero_grad()
+            loss.backward()
             optimiser.step()
-            if step % self.check_every == 0 or step == self.steps:
-                tokens = hard_tokens()
-                value = objective(tokens)
-                if value < best:
-                    best, best_tokens = value, tokens
-                if self.judge is not None:
-                    text = _prompt_text(tok, tokens, row["prompt"])
-                    image = module.generate([text], [int(row["seed"])], [row.get("guidance")])
-                    if self.judge(image, [row])[0]:
-                        best_tokens, success = tokens, True
-                        break
-        return AdversarialInput(
-            prompt=_prompt_text(tok, best_tokens, row["prompt"]),
-            info={"initial_objective": initial, "objective": best, "steps": steps_run, "early_success": success,
-                  "prefix_tokens": best_tokens.tolist()},
-        )
+            if step % self.check_every and step != self.steps:
+                continue
+            tokens = (logits.detach() + mask).argmax(-1)
+            for i, value in zip(active, objectives(tokens, active), strict=True):
+                if value < best[i]:
+                    best[i], best_tokens[i] = value, tokens[i]
+            if self.judge is not None:
+                texts = [_prompt_text(tok, tokens[i], rows[i]["prompt"]) for i in active]
+                images = module.generate(texts, [int(rows[i]["seed"]) for i in active],
+                                         [rows[i].get("guidance") for i in active])
+                for i, hit in zip(list(active), self.judge(images, [rows[i] for i in active]), strict=True):
+                    if hit:
+                        best_tokens[i], success[i] = tokens[i], True
+                        active.remove(i)
+            if not active:
+                break
+        return [
+            AdversarialInput(
+                prompt=_prompt_text(tok, best_tokens[i], rows[i]["prompt"]),
+                info={"initial_objective": initial[i], "objective": best[i], "steps": steps_run[i],
+                      "early_success": success[i], "prefix_tokens": best_tokens[i].tolist()},
+            )
+            for i in range(n)
+        ]
 
     def run(self, module: RECEModule, rows: list[dict[str, Any]]) -> list[AdversarialInput]:
         # the test stage runs under inference mode; this attack needs gradients
         with torch.inference_mode(False), torch.enable_grad():
-            return [self.attack_row(module, row) for row in rows]
+            out: list[AdversarialInput] = []
+            for begin in range(0, len(rows), self.batch_size):
+                out += self.attack_rows(module, rows[begin : begin + self.batch_size])
+            return out
 
 
 def _prompt_text(tokenizer, tokens: Tensor, prompt: str) -> str:
