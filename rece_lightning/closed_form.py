@@ -42,6 +42,7 @@ SurrogateItem = Literal["1st", "2nd", "both"]
 
 __all__ = [
     "ClosedFormError",
+    "congruence_update",
     "Derivation",
     "SurrogateItem",
     "derive_embeddings",
@@ -49,6 +50,7 @@ __all__ = [
     "low_rank_factors",
     "regularised_system",
     "tensor_values",
+    "uce_factors",
     "uce_layer",
     "uce_map",
     "uce_objective",
@@ -115,6 +117,31 @@ def _cholesky(system: Tensor) -> Tensor:
     return factor
 
 
+def uce_factors(
+    inputs: Tensor,
+    targets: Tensor,
+    preserve: Tensor | None = None,
+    *,
+    lamb: float,
+    erase_scale: float = 1.0,
+    preserve_scale: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """The UCE "replace" edit ``T = N M⁻¹`` in factored form ``T = I + X Yᵀ`` (float64, X and Y of shape (d, n)).
+
+    ``N = λI + s_e C*ᵀC + s_p PᵀP`` and ``M = λI + s_e CᵀC + s_p PᵀP`` (UCE eq. 7 with ``v* = W c*``), so
+    ``N = M + s_e (C* − C)ᵀ C`` and ``T = I + s_e (C* − C)ᵀ (C M⁻¹)``: ``X = s_e (C* − C)ᵀ``, ``Y = M⁻¹ Cᵀ``, one
+    Cholesky solve with ``n`` right-hand sides (``n ≪ d`` erased token rows).
+    """
+    d = inputs.shape[-1]
+    c = _rows(inputs, d, "erase inputs")
+    t = _rows(targets, d, "erase targets")
+    if t.shape != c.shape:
+        raise ClosedFormError(f"erase inputs {tuple(c.shape)} and targets {tuple(t.shape)} must pair row by row")
+    system = regularised_system(c, preserve, lamb, erase_scale, preserve_scale)
+    y = torch.cholesky_solve(c.T.contiguous(), _cholesky(system))  # M⁻¹ Cᵀ
+    return erase_scale * (t - c).T, y
+
+
 def uce_map(
     inputs: Tensor,
     targets: Tensor,
@@ -126,20 +153,19 @@ def uce_map(
 ) -> Tensor:
     """The UCE "replace" edit as one text-side map ``T = N M⁻¹`` (float64, d × d), so that ``W' = W T``.
 
-    ``N = λI + s_e C*ᵀC + s_p PᵀP`` and ``M = λI + s_e CᵀC + s_p PᵀP`` (UCE eq. 7 with ``v* = W c*``).
-    ``T − I = s_e (C* − C)ᵀ C M⁻¹`` has rank at most ``n``, the number of erased token rows.
+    ``T − I = X Yᵀ`` (:func:`uce_factors`) has rank at most ``n``, the number of erased token rows.
     """
-    d = inputs.shape[-1]
-    c = _rows(inputs, d, "erase inputs")
-    t = _rows(targets, d, "erase targets")
-    if t.shape != c.shape:
-        raise ClosedFormError(f"erase inputs {tuple(c.shape)} and targets {tuple(t.shape)} must pair row by row")
-    system = regularised_system(c, preserve, lamb, erase_scale, preserve_scale)
-    # N = M + s_e (C* − C)ᵀ C, so T = I + s_e (C* − C)ᵀ (C M⁻¹): one solve with n right-hand sides (n ≪ d),
-    # and T − I stays exactly low rank
-    c_solved = torch.cholesky_solve(c.T.contiguous(), _cholesky(system)).T  # C M⁻¹ (M symmetric)
-    eye = torch.eye(d, dtype=torch.float64, device=c.device)
-    return eye + erase_scale * (t - c).T @ c_solved
+    x, y = uce_factors(inputs, targets, preserve, lamb=lamb, erase_scale=erase_scale, preserve_scale=preserve_scale)
+    return torch.eye(x.shape[0], dtype=torch.float64, device=x.device) + x @ y.T
+
+
+def congruence_update(a: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    """``Sᵀ A S`` for ``S = I + X Yᵀ`` in ``O(d² n)``: ``A + Y (AX)ᵀ + (AX) Yᵀ + Y (Xᵀ A X) Yᵀ`` (A symmetric).
+
+    Keeps RECE's ``Σ W'ᵀW'`` current through an edit ``W' → W' S`` without a ``d × d × d`` product.
+    """
+    ax = a @ x
+    return a + y @ ax.T + ax @ y.T + y @ (x.T @ ax) @ y.T
 
 
 def uce_layer(

@@ -5,7 +5,8 @@ the editor keeps one ``d × d`` map per projection kind (``to_k`` and ``to_v``; 
 ``with_to_k=False``) on top of *base* weights: the original weights, or K/V weights loaded from a file (e.g. a
 published UCE checkpoint). Iterations compose, ``W_final = W_base · T₀ T₁ T₂ …``, and RECE's derivation needs only
 ``G_bb = Σ W_baseᵀ W_base`` and ``G_b0 = Σ W_baseᵀ W₀`` computed once:
-``Σ W'ᵀW' = Tᵀ G_bb T`` and ``Σ W'ᵀW₀ = Tᵀ G_b0``.
+``Σ W'ᵀW' = Tᵀ G_bb T`` and ``Σ W'ᵀW₀ = Tᵀ G_b0``. Every step is ``Tᵢ = I + X Yᵀ`` with ``n ≪ d`` columns, so the
+editor updates the maps and these two sums in ``O(d² n)`` per step (no ``d × d × d`` product in the recipe).
 
 The "tensor" technique has layer-dependent values, so it keeps explicit per-layer weights instead (the general
 path); both paths agree on "replace" edits.
@@ -53,6 +54,11 @@ class KVEditor:
         self.base: dict[str, Tensor] = self.original
         self.device = self.projections[0].module.weight.device
         self._grams: dict[Kind, tuple[Tensor, Tensor]] | None = None
+        # the low-rank steps (X, Y) applied since the maps were the identity (None: unknown, e.g. after a restore),
+        # and the derivation sums per group of kinds sharing a map, with the number of steps folded into them
+        self._steps: list[tuple[Tensor, Tensor]] | None = []
+        self._sums: dict[tuple[Kind, ...], tuple[Tensor, Tensor]] | None = None
+        self._sums_steps = 0
         self.reset()
 
     # ----------------------------------------------------------------------------------------------- state
@@ -69,6 +75,10 @@ class KVEditor:
             self.layer_weights = {k: v.to(device) for k, v in self.layer_weights.items()}
         if self._grams is not None:
             self._grams = {k: (bb.to(device), b0.to(device)) for k, (bb, b0) in self._grams.items()}
+        if self._steps is not None:
+            self._steps = [(x.to(device), y.to(device)) for x, y in self._steps]
+        if self._sums is not None:
+            self._sums = {g: (a.to(device), b.to(device)) for g, (a, b) in self._sums.items()}
         self.device = device
         return self
 
@@ -80,6 +90,7 @@ class KVEditor:
         """Forget every edit made on top of the base weights (the base itself is kept)."""
         eye = torch.eye(self.dim, dtype=torch.float64, device=self.device)
         self.maps: dict[Kind, Tensor] = {k: eye.clone() for k in KINDS}
+        self._steps, self._sums, self._sums_steps = [], None, 0
         self.layer_weights: dict[str, Tensor] | None = None
         if self.technique == "tensor":
             self.layer_weights = {k: w.to(torch.float64) for k, w in self.base.items()}
@@ -99,6 +110,7 @@ class KVEditor:
         maps = state["maps"]
         assert isinstance(maps, dict)
         self.maps = {k: v.to(self.device, torch.float64) for k, v in maps.items()}
+        self._steps, self._sums, self._sums_steps = None, None, 0  # derivation sums: recomputed from the maps
         layers = state.get("layer_weights")
         self.layer_weights = None if layers is None else {k: v.to(self.device) for k, v in layers.items()}
 
@@ -106,23 +118,40 @@ class KVEditor:
     def _kind_of(self, key: str) -> Kind:
         return "to_k" if key.endswith("to_k.weight") else "to_v"
 
+    def _folded(self, dtype: torch.dtype | None = None, into_model: bool = False) -> dict[str, Tensor]:
+        """``W_base T`` per projection (or the per-layer weights) in ``dtype`` (default: the model's).
+
+        The fold runs in float32 (float64 for float64 models): T ≈ I + low rank, ~1e-7 relative accuracy. With
+        ``into_model`` the products are written straight into the projection weights (no intermediate copies).
+        """
+        out: dict[str, Tensor] = {}
+        maps: dict[tuple[Kind, torch.dtype], Tensor] = {}
+        for p in self.projections:
+            weight = p.module.weight
+            target = dtype or weight.dtype
+            kind = self._kind_of(p.key)
+            if self.layer_weights is not None:
+                value = self.layer_weights[p.key]
+            elif kind not in self.edited_kinds:
+                value = self.base[p.key]
+            else:
+                work = torch.float64 if target == torch.float64 else torch.float32
+                if (kind, work) not in maps:
+                    maps[kind, work] = self.maps[kind].to(weight.device, work)
+                base = self.base[p.key].to(weight.device, work)
+                if into_model and weight.dtype == work:
+                    torch.matmul(base, maps[kind, work], out=weight.data)
+                    continue
+                value = base @ maps[kind, work]
+            if into_model:
+                weight.data.copy_(value.to(weight.device, weight.dtype))
+            else:
+                out[p.key] = value.to(target)
+        return out
+
     def current_weights(self, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
         """The edited weights ``W_base T`` (or the per-layer weights), in ``dtype`` (default: the model's)."""
-        out: dict[str, Tensor] = {}
-        for p in self.projections:
-            target = dtype or p.module.weight.dtype
-            if self.layer_weights is not None:
-                out[p.key] = self.layer_weights[p.key].to(target)
-                continue
-            kind = self._kind_of(p.key)
-            base = self.base[p.key]
-            if kind not in self.edited_kinds:
-                out[p.key] = base.to(target)
-                continue
-            # the fold runs in float32 (float64 for float64 models): T ≈ I + low rank, ~1e-7 relative accuracy
-            work = torch.float64 if target == torch.float64 else torch.float32
-            out[p.key] = (base.to(work) @ self.maps[kind].to(work)).to(target)
-        return out
+        return self._folded(dtype)
 
     @torch.no_grad()
     def relative_change(self) -> float:
@@ -134,9 +163,10 @@ class KVEditor:
             total += float(w0.square().sum())
         return (diff / total) ** 0.5 if total else 0.0
 
+    @torch.no_grad()
     def apply(self) -> None:
         """Fold the current edit into the UNet's projection weights."""
-        write_weights(self.projections, self.current_weights())
+        self._folded(into_model=True)
 
     def restore_original(self) -> None:
         """Put the original weights back into the UNet (the edit state is kept and can be re-applied)."""
@@ -147,7 +177,8 @@ class KVEditor:
         """Per kind: ``(Σ W_baseᵀ W_base, Σ W_baseᵀ W₀)``, summed in float64.
 
         The per-layer products run in float64, except for lower-precision weights on a CPU, where float32 halves the
-        cost (~1e-7 relative error, far below the 1e-3 the edits are checked to).
+        cost (~1e-7 relative error, far below the 1e-3 the edits are checked to); the symmetric ``Σ W_baseᵀ W_base``
+        is built from its block upper triangle (:func:`_add_gram`).
         """
         if self._grams is None:
             low_precision = next(iter(self.base.values())).dtype != torch.float64
@@ -160,9 +191,10 @@ class KVEditor:
                     if p.kind != kind:
                         continue
                     w_b = self.base[p.key].to(work)
-                    bb += (w_b.T @ w_b).double()
+                    _add_gram(bb, w_b)
                     if not self.base_is_original:
                         b0 += (w_b.T @ self.original[p.key].to(work)).double()
+                _mirror_upper(bb)
                 grams[kind] = (bb, b0)
             self._grams = grams
         return self._grams
@@ -180,19 +212,37 @@ class KVEditor:
                 a += w1.T @ w1
                 b += w1.T @ self.original[p.key].to(torch.float64)
             return a, b
+        if self._steps is None:  # maps of unknown history: the dense products
+            self._sums, self._sums_steps = self._dense_sums(), 0
+        else:  # start from the grams (identity maps) and fold in the steps not yet seen, O(d² n) each
+            if self._sums is None:
+                self._sums, self._sums_steps = self._identity_sums(), 0
+            for x, y in self._steps[self._sums_steps :]:
+                self._sums = {
+                    group: (closed_form.congruence_update(a, x, y), b + y @ (x.T @ b))
+                    if group[0] in self.edited_kinds else (a, b)
+                    for group, (a, b) in self._sums.items()
+                }
+            self._sums_steps = len(self._steps)
+        a = sum(a for a, _ in self._sums.values())
+        b = sum(b for _, b in self._sums.values())
+        return a, b  # type: ignore[return-value]
+
+    def _groups(self) -> list[tuple[Kind, ...]]:
+        """Kinds that share one map: both when the keys are edited with the values (the edits keep them equal)."""
+        return [KINDS] if self.edited_kinds == KINDS else [(kind,) for kind in KINDS]
+
+    def _identity_sums(self) -> dict[tuple[Kind, ...], tuple[Tensor, Tensor]]:
         grams = self._base_grams()
-        if torch.equal(self.maps["to_k"], self.maps["to_v"]):  # with_to_k: one map, sum the kinds first
-            t = self.maps["to_v"]
-            g_bb = grams["to_k"][0] + grams["to_v"][0]
-            g_b0 = grams["to_k"][1] + grams["to_v"][1]
-            return t.T @ g_bb @ t, t.T @ g_b0
-        a = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=self.device)
-        b = torch.zeros_like(a)
-        for kind, (g_bb, g_b0) in grams.items():
-            t = self.maps[kind]
-            a += t.T @ g_bb @ t
-            b += t.T @ g_b0
-        return a, b
+        return {g: (sum(grams[k][0] for k in g), sum(grams[k][1] for k in g)) for g in self._groups()}  # type: ignore[misc]
+
+    def _dense_sums(self) -> dict[tuple[Kind, ...], tuple[Tensor, Tensor]]:
+        """``(Tᵀ G_bb T, Tᵀ G_b0)`` per group, from the maps as they are."""
+        out = {}
+        for group, (g_bb, g_b0) in self._identity_sums().items():
+            t = self.maps[group[0]]
+            out[group] = (t.T @ g_bb @ t, t.T @ g_b0)
+        return out
 
     def derive(
         self,
@@ -245,15 +295,20 @@ class KVEditor:
         preserve = None if preserve is None else preserve.to(dev, torch.float64)
         if self.layer_weights is None:
             targets = torch.cat([t for _, t in blocks]).to(dev, torch.float64)
-            step = closed_form.uce_map(
+            x, y = closed_form.uce_factors(
                 inputs, targets, preserve, lamb=lamb, erase_scale=erase_scale, preserve_scale=preserve_scale
             )
+            # T ← T (I + X Yᵀ) = T + (T X) Yᵀ; with_to_k: keys and values share one map
             if len(self.edited_kinds) == 2 and torch.equal(self.maps["to_k"], self.maps["to_v"]):
-                product = self.maps["to_v"] @ step  # with_to_k: keys and values share one map
+                t = self.maps["to_v"]
+                product = t + (t @ x) @ y.T
                 self.maps.update({kind: product for kind in self.edited_kinds})
             else:
                 for kind in self.edited_kinds:
-                    self.maps[kind] = self.maps[kind] @ step
+                    t = self.maps[kind]
+                    self.maps[kind] = t + (t @ x) @ y.T
+            if self._steps is not None:
+                self._steps.append((x, y))
             self._check_finite()
             return
         for p in self.projections:
@@ -307,3 +362,24 @@ class KVEditor:
                 b, v = closed_form.low_rank_factors(current[p.key] - w0, rtol=rtol)
                 out[p.key] = (b, v.T.contiguous())
         return out
+
+
+GRAM_BLOCKS = 3
+
+
+def _add_gram(out: Tensor, weight: Tensor) -> None:
+    """Add the upper block triangle of ``WᵀW`` to ``out`` (float64): ``GRAM_BLOCKS`` column blocks, each multiplied
+    only with itself and the blocks to its right, so ~2/3 of the products of a full ``WᵀW``. Complete the result
+    with :func:`_mirror_upper` after the last layer."""
+    d = weight.shape[1]
+    step = -(-d // GRAM_BLOCKS)
+    for start in range(0, d, step):
+        out[start : start + step, start:] += (weight[:, start : start + step].T @ weight[:, start:]).double()
+
+
+def _mirror_upper(gram: Tensor) -> None:
+    """Copy the block upper triangle written by :func:`_add_gram` into the lower one (in place)."""
+    d = gram.shape[0]
+    step = -(-d // GRAM_BLOCKS)
+    for start in range(step, d, step):
+        gram[start : start + step, :start] = gram[:start, start : start + step].T

@@ -301,8 +301,15 @@ class RECEModule(L.LightningModule):
         )
         return derived
 
+    def _recipe_texts(self) -> list[str]:
+        """Every text the edits encode, so that one batched text-encoder pass serves the whole recipe."""
+        texts = [*self.concepts, *self.anchors, *map(self._uce_anchor, self.anchors)]
+        texts += [*self._uce_preserve(), *self._rece_preserve(), *(self.rece_config.derivation_target or [])]
+        return texts
+
     def run_stage(self, index: int, apply: bool = True) -> None:
         """Run stage ``index`` of :attr:`stages` on top of the previous ones; fold it into the UNet if ``apply``."""
+        self.text.encode(self._recipe_texts())  # cached after the first stage
         name = self.stages[index]
         if name == "uce":
             self.uce_step()

@@ -58,6 +58,18 @@ def test_edit_map_is_low_rank():
     assert_close(us @ v.T, T - torch.eye(D, dtype=torch.float64))
 
 
+def test_factored_step_and_congruence_update_match_dense_products():
+    _, c, t, p = _data(3, n=4)
+    kw = dict(lamb=0.2, erase_scale=0.7, preserve_scale=0.3)
+    x, y = cf.uce_factors(c, t, p, **kw)
+    assert x.shape == y.shape == (D, 4)
+    step = cf.uce_map(c, t, p, **kw)
+    assert_close(torch.eye(D, dtype=torch.float64) + x @ y.T, step)
+    a = torch.randn(D, D, dtype=torch.float64)
+    a = a @ a.T
+    assert_close(cf.congruence_update(a, x, y), step.T @ a @ step, rtol=1e-12, atol=1e-10)
+
+
 def test_tensor_values_remove_the_concept_direction():
     w, c, t, _ = _data(3)
     v = cf.tensor_values(w, c, t)

@@ -62,7 +62,11 @@ def test_ddp_fit_with_two_cpu_processes(tiny_sd1, tmp_path, devices):
                         "--trainer.default_root_dir", str(root)], tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
         runs[n] = load_file(root / "lightning_logs" / "version_0" / "export" / KV_WEIGHTS)
-    assert all(torch.equal(runs[1][k], runs[devices][k]) for k in runs[1])
+    # the same edit up to float32 rounding: each DDP process runs its BLAS with fewer threads, which can change the
+    # last bit of a float64 sum and, rarely, of a float32 weight
+    assert runs[1].keys() == runs[devices].keys()
+    for key in runs[1]:
+        torch.testing.assert_close(runs[devices][key], runs[1][key], rtol=1e-6, atol=1e-6)
 
 
 def test_predict_writes_images_sharded_over_two_processes(tiny_sd1, tmp_path):

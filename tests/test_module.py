@@ -111,3 +111,29 @@ def test_exports_get_normal_permissions(module, tmp_path):
     os.umask(umask)
     for path in written.values():
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # not mkstemp's private 0600
+
+
+@pytest.mark.parametrize("with_to_k", [True, False])
+def test_derivation_sums_follow_the_edits(tiny_sd1, with_to_k):
+    """The sums kept up to date step by step equal Σ W'ᵀW' and Σ W'ᵀW₀ read from the edited weights."""
+    module = RECEModule(pretrained=str(tiny_sd1), concepts=["nudity", "a cat"], with_to_k=with_to_k,
+                        validate_original=False, rece={"iterations": 2}, torch_dtype="float64")
+    editor = module.editor
+
+    def from_weights():
+        current = editor.current_weights(torch.float64)
+        a = sum(current[p.key].T @ current[p.key] for p in editor.projections)
+        b = sum(current[p.key].T @ editor.original[p.key].double() for p in editor.projections)
+        return a, b
+
+    for index in range(len(module.stages)):
+        module.run_stage(index, apply=False)
+        a, b = editor.derivation_grams()
+        a_ref, b_ref = from_weights()
+        torch.testing.assert_close(a, a_ref, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(b, b_ref, rtol=1e-9, atol=1e-9)
+    state = editor.snapshot()
+    editor.reset()
+    editor.restore_snapshot(state)  # unknown history: the dense products
+    a, b = editor.derivation_grams()
+    torch.testing.assert_close(a, from_weights()[0], rtol=1e-9, atol=1e-9)
