@@ -228,18 +228,21 @@ class KVEditor:
         b = sum(b for _, b in self._sums.values())
         return a, b  # type: ignore[return-value]
 
-    def _groups(self) -> list[tuple[Kind, ...]]:
-        """Kinds that share one map: both when the keys are edited with the values (the edits keep them equal)."""
-        return [KINDS] if self.edited_kinds == KINDS else [(kind,) for kind in KINDS]
+    def _grouped_grams(self, shared: bool) -> dict[tuple[Kind, ...], tuple[Tensor, Tensor]]:
+        """The base grams summed over the kinds that share one map (both kinds when ``shared``)."""
+        grams = self._base_grams()
+        groups = [KINDS] if shared else [(kind,) for kind in KINDS]
+        return {g: (sum(grams[k][0] for k in g), sum(grams[k][1] for k in g)) for g in groups}  # type: ignore[misc]
 
     def _identity_sums(self) -> dict[tuple[Kind, ...], tuple[Tensor, Tensor]]:
-        grams = self._base_grams()
-        return {g: (sum(grams[k][0] for k in g), sum(grams[k][1] for k in g)) for g in self._groups()}  # type: ignore[misc]
+        """The sums of identity maps; keys and values edited together keep sharing one map."""
+        return self._grouped_grams(shared=self.edited_kinds == KINDS)
 
     def _dense_sums(self) -> dict[tuple[Kind, ...], tuple[Tensor, Tensor]]:
-        """``(Tᵀ G_bb T, Tᵀ G_b0)`` per group, from the maps as they are."""
+        """``(Tᵀ G_bb T, Tᵀ G_b0)`` per map, from the maps as they are."""
+        shared = torch.equal(self.maps["to_k"], self.maps["to_v"])
         out = {}
-        for group, (g_bb, g_b0) in self._identity_sums().items():
+        for group, (g_bb, g_b0) in self._grouped_grams(shared).items():
             t = self.maps[group[0]]
             out[group] = (t.T @ g_bb @ t, t.T @ g_b0)
         return out

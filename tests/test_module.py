@@ -137,3 +137,8 @@ def test_derivation_sums_follow_the_edits(tiny_sd1, with_to_k):
     editor.restore_snapshot(state)  # unknown history: the dense products
     a, b = editor.derivation_grams()
     torch.testing.assert_close(a, from_weights()[0], rtol=1e-9, atol=1e-9)
+    state["maps"]["to_k"] = torch.eye(editor.dim, dtype=torch.float64)  # keys and values on different maps
+    editor.restore_snapshot(state)
+    a, b = editor.derivation_grams()
+    torch.testing.assert_close(a, from_weights()[0], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(b, from_weights()[1], rtol=1e-9, atol=1e-9)

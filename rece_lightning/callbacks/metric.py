@@ -258,15 +258,25 @@ class ImageMetric(L.Callback, ABC):
                 self._records.extend(self.records_for(images, rows))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
+        if not trainer.sanity_checking:
+            self._finish_epoch(trainer, pl_module, test=False)
+
+    def _finish_epoch(self, trainer: L.Trainer, pl_module: L.LightningModule, *, test: bool) -> None:
+        """Gather the epoch's records from every process, summarise (per attack in the test stage), log the summary
+        on every process and, on global rank zero, the protocol and ``eval/<stage>/<name>.json``
+        (``eval/test-<stage>/`` for ``rece test``)."""
         records = merge_records(gather_records(self._records))
         self._records = []
         if not records:
             return
         stage = str(self._stage or getattr(pl_module, "stage", "model"))
-        self.on_records(trainer, records, stage)
+        if not test:
+            self.on_records(trainer, records, stage)
         document = self.result(records, stage, self._run_info(trainer))
+        if test:
+            summary = {f"test/{k}": float(v) for k, v in self.attack_summary(records).items()}
+            document = {**document, "summary": plain(summary),
+                        "asr": "fraction of target prompts whose image shows the concept (ImageMetric.success)"}
         self.last_summary = document["summary"]
         for key, value in self.last_summary.items():
             if value is not None:  # same value on every process: no collective needed
@@ -274,8 +284,8 @@ class ImageMetric(L.Callback, ABC):
         if trainer.is_global_zero:
             self._log_protocol(trainer, document["protocol"])
             if self.save_json:
-                root = run_dir(trainer)
-                self.last_path = self.write_json(document, root / "eval" / stage / f"{self.name}.json")
+                folder = f"test-{stage}" if test else stage
+                self.last_path = self.write_json(document, run_dir(trainer) / "eval" / folder / f"{self.name}.json")
 
     # ------------------------------------------------------------------------------ rece test (attacks)
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -305,21 +315,7 @@ class ImageMetric(L.Callback, ABC):
         return summary
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        records = merge_records(gather_records(self._records))
-        self._records = []
-        if not records:
-            return
-        stage = str(self._stage or getattr(pl_module, "stage", "model"))
-        summary = {f"test/{k}": float(v) for k, v in self.attack_summary(records).items()}
-        document = {**self.result(records, stage, self._run_info(trainer)), "summary": plain(summary),
-                    "asr": "fraction of target prompts whose image shows the concept (ImageMetric.success)"}
-        self.last_summary = document["summary"]
-        for key, value in self.last_summary.items():
-            if value is not None:
-                pl_module.log(key, float(value), sync_dist=False)
-        if trainer.is_global_zero and self.save_json:
-            root = run_dir(trainer)
-            self.last_path = self.write_json(document, root / "eval" / f"test-{stage}" / f"{self.name}.json")
+        self._finish_epoch(trainer, pl_module, test=True)
 
     @staticmethod
     def _run_info(trainer: L.Trainer) -> dict[str, Any]:
