@@ -14,7 +14,7 @@ UCE (Gandikota et al., "Unified Concept Editing in Diffusion Models", WACV 2024,
 whose minimiser is ``W' = (λW + s_e Σ v* cᵀ + s_p Σ W p pᵀ) M⁻¹`` with
 ``M = λI + s_e Σ c cᵀ + s_p Σ p pᵀ``. With "replace" values ``v* = W c*`` the numerator is ``W N`` with
 ``N = λI + s_e Σ c* cᵀ + s_p Σ p pᵀ``, so the edit is one map on the text side: ``W' = W T``, ``T = N M⁻¹``,
-shared by every projection (see DESIGN.md, "The edit is one matrix").
+shared by every projection (README, "How it works").
 
 RECE (Gong et al., "Reliable and Efficient Concept Erasure of Text-to-Image Diffusion Models", ECCV 2024, eq. 6-8)
 derives the embedding that still regenerates the concept in the edited model,
@@ -39,12 +39,14 @@ from rece_lightning.errors import RECEError
 
 Derivation = Literal["regzero", "standard", "surrogate"]
 SurrogateItem = Literal["1st", "2nd", "both"]
+Technique = Literal["replace", "tensor"]  # UCE values: the anchor's ("replace") or the concept removed ("tensor")
 
 __all__ = [
     "ClosedFormError",
     "congruence_update",
     "Derivation",
     "SurrogateItem",
+    "Technique",
     "derive_embeddings",
     "derivation_objective",
     "low_rank_factors",

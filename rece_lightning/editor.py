@@ -1,6 +1,6 @@
 """The state of a K/V edit of one UNet: original weights, the current edit, and the sums RECE needs.
 
-With UCE "replace" values every edit is one text-side map, ``W' = W T`` (DESIGN.md, "The edit is one matrix"), so
+With UCE "replace" values every edit is one text-side map, ``W' = W T`` (README, "How it works"), so
 the editor keeps one ``d × d`` map per projection kind (``to_k`` and ``to_v``; they differ only with
 ``with_to_k=False``) on top of *base* weights: the original weights, or K/V weights loaded from a file (e.g. a
 published UCE checkpoint). Iterations compose, ``W_final = W_base · T₀ T₁ T₂ …``, and RECE's derivation needs only
@@ -15,32 +15,93 @@ path); both paths agree on "replace" edits.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from rece_lightning import closed_form
+from rece_lightning.closed_form import Technique
 from rece_lightning.cross_attention import Kind, Projection, find_projections, write_weights
 from rece_lightning.errors import RECEError
 
-Technique = Literal["replace", "tensor"]
 KINDS: tuple[Kind, Kind] = ("to_k", "to_v")
+Steps = tuple[tuple[Tensor, Tensor], ...]
+
+
+@dataclass(frozen=True)
+class EditState:
+    """An edit on top of the base weights: what snapshots and checkpoints hold. Never changed in place.
+
+    Attributes:
+        maps: the text-side map ``T`` (float64, d × d) per projection kind, ``W_edited = W_base T``.
+        layer_weights: the edited weights per projection (float64) for the general ("tensor") path, else ``None``.
+        steps: the low-rank steps ``(X, Y)``, ``Tᵢ = I + X Yᵀ``, that made ``maps`` from the identity, in order;
+            ``None`` when unknown (a state read from a checkpoint).
+    """
+
+    maps: Mapping[Kind, Tensor]
+    layer_weights: Mapping[str, Tensor] | None = None
+    steps: Steps | None = ()
+
+    def to(self, device: torch.device) -> EditState:
+        """The same state with every tensor on ``device``."""
+        layers = self.layer_weights
+        steps = self.steps
+        return EditState(
+            maps={k: v.to(device) for k, v in self.maps.items()},
+            layer_weights=None if layers is None else {k: v.to(device) for k, v in layers.items()},
+            steps=None if steps is None else tuple((x.to(device), y.to(device)) for x, y in steps),
+        )
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The state as named CPU tensors (``maps.<kind>``, ``layers.<key>``), e.g. for a checkpoint."""
+        out = {f"maps.{k}": v.detach().cpu() for k, v in self.maps.items()}
+        out.update({f"layers.{k}": v.detach().cpu() for k, v in (self.layer_weights or {}).items()})
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, Tensor]) -> EditState:
+        """Inverse of :meth:`tensors` (the steps are unknown)."""
+        maps = {k.removeprefix("maps."): v for k, v in tensors.items() if k.startswith("maps.")}
+        layers = {k.removeprefix("layers."): v for k, v in tensors.items() if k.startswith("layers.")}
+        if set(maps) != set(KINDS):
+            raise RECEError(f"an edit state needs the maps {list(KINDS)}, got {sorted(maps)}")
+        return cls(maps=maps, layer_weights=layers or None, steps=None)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class _Cached:
+    """A value computed for one base (identity) and one key (a state or a tuple of steps)."""
+
+    base: Mapping[str, Tensor]
+    key: object
+    value: dict
 
 
 class KVEditor:
-    """Edits the cross-attention K/V projections of ``unet`` in closed form; can always undo.
+    """Edits the text-reading projections of a denoiser in closed form; can always undo.
 
     Args:
-        unet: any module with diffusers-named ``attn2.to_k`` / ``attn2.to_v`` linear layers.
+        projections: the layers to edit (a family's :meth:`~rece_lightning.family.ModelFamily.text_layers`);
+            :meth:`for_unet` finds them in a UNet.
         with_to_k: edit the keys as well as the values (UCE/RECE default ``True``).
         technique: ``"replace"`` (shared map, fast) or ``"tensor"`` (per-layer values, general path).
+
+    Attributes:
+        original: the weights when the editor was made (``W₀``), by state-dict key.
+        base: the weights the edit applies to: :attr:`original`, or K/V weights loaded with :meth:`set_base`.
+        state: the current :class:`EditState`.
     """
 
-    def __init__(self, unet: nn.Module, *, with_to_k: bool = True, technique: Technique = "replace") -> None:
+    def __init__(
+        self, projections: Sequence[Projection], *, with_to_k: bool = True, technique: Technique = "replace"
+    ) -> None:
         if technique not in ("replace", "tensor"):
             raise RECEError(f"technique must be 'replace' or 'tensor', got {technique!r}")
-        self.projections: list[Projection] = find_projections(unet)
+        if not projections:
+            raise RECEError("there is no layer to edit")
+        self.projections: list[Projection] = list(projections)
         self.with_to_k = with_to_k
         self.technique: Technique = technique
         self.edited_kinds: tuple[Kind, ...] = KINDS if with_to_k else ("to_v",)
@@ -53,66 +114,62 @@ class KVEditor:
             self.original[p.key] = weight.clone()
         self.base: dict[str, Tensor] = self.original
         self.device = self.projections[0].module.weight.device
-        self._grams: dict[Kind, tuple[Tensor, Tensor]] | None = None
-        # the low-rank steps (X, Y) applied since the maps were the identity (None: unknown, e.g. after a restore),
-        # and the derivation sums per group of kinds sharing a map, with the number of steps folded into them
-        self._steps: list[tuple[Tensor, Tensor]] | None = []
-        self._sums: dict[tuple[Kind, ...], tuple[Tensor, Tensor]] | None = None
-        self._sums_steps = 0
+        self._grams: _Cached | None = None  # Σ W_baseᵀW_base, Σ W_baseᵀW₀ per kind, for one base
+        self._sums: _Cached | None = None  # RECE's derivation sums, for one base and one state (or steps)
         self.reset()
+
+    @classmethod
+    def for_unet(cls, unet: nn.Module, **kwargs) -> KVEditor:
+        """An editor of the ``attn2.to_k`` / ``attn2.to_v`` projections of ``unet``."""
+        return cls(find_projections(unet), **kwargs)
 
     # ----------------------------------------------------------------------------------------------- state
     def to(self, device: torch.device | str) -> KVEditor:
-        """Move the editor's tensors (original weights, maps, sums) to ``device``."""
+        """Move the editor's tensors (original and base weights, the edit state) to ``device``."""
         device = torch.device(device)
-        if device == self.device:
-            return self
-        base_is_original = self.base_is_original
-        self.original = {k: v.to(device) for k, v in self.original.items()}
-        self.base = self.original if base_is_original else {k: v.to(device) for k, v in self.base.items()}
-        self.maps = {k: v.to(device) for k, v in self.maps.items()}
-        if self.layer_weights is not None:
-            self.layer_weights = {k: v.to(device) for k, v in self.layer_weights.items()}
-        if self._grams is not None:
-            self._grams = {k: (bb.to(device), b0.to(device)) for k, (bb, b0) in self._grams.items()}
-        if self._steps is not None:
-            self._steps = [(x.to(device), y.to(device)) for x, y in self._steps]
-        if self._sums is not None:
-            self._sums = {g: (a.to(device), b.to(device)) for g, (a, b) in self._sums.items()}
-        self.device = device
+        if device != self.device:
+            base_is_original = self.base_is_original
+            self.original = {k: v.to(device) for k, v in self.original.items()}
+            self.base = self.original if base_is_original else {k: v.to(device) for k, v in self.base.items()}
+            self.state = self.state.to(device)
+            self.device = device
         return self
 
     @property
     def base_is_original(self) -> bool:
+        """Whether the edit applies to the original weights (not to K/V weights loaded with :meth:`set_base`)."""
         return self.base is self.original
+
+    @property
+    def maps(self) -> Mapping[Kind, Tensor]:
+        """The current text-side maps ``T`` per kind (see :class:`EditState`)."""
+        return self.state.maps
+
+    @property
+    def layer_weights(self) -> Mapping[str, Tensor] | None:
+        """The current per-layer weights of the general path, else ``None``."""
+        return self.state.layer_weights
 
     def reset(self) -> None:
         """Forget every edit made on top of the base weights (the base itself is kept)."""
         eye = torch.eye(self.dim, dtype=torch.float64, device=self.device)
-        self.maps: dict[Kind, Tensor] = {k: eye.clone() for k in KINDS}
-        self._steps, self._sums, self._sums_steps = [], None, 0
-        self.layer_weights: dict[str, Tensor] | None = None
-        if self.technique == "tensor":
-            self.layer_weights = {k: w.to(torch.float64) for k, w in self.base.items()}
+        layers = {k: w.to(torch.float64) for k, w in self.base.items()} if self.technique == "tensor" else None
+        self.state = EditState(maps=dict.fromkeys(KINDS, eye), layer_weights=layers, steps=())
 
     def set_base(self, weights: Mapping[str, Tensor]) -> None:
         """Start from given K/V weights (validated by the caller), e.g. a published UCE checkpoint."""
         self.base = {p.key: weights[p.key].to(self.device, self.original[p.key].dtype) for p in self.projections}
-        self._grams = None
         self.reset()
 
-    def snapshot(self) -> dict[str, object]:
-        """A copy of the edit state, cheap for "replace" (two d × d maps), to restore the best iteration."""
-        layers = None if self.layer_weights is None else {k: v.clone() for k, v in self.layer_weights.items()}
-        return {"maps": {k: v.clone() for k, v in self.maps.items()}, "layer_weights": layers}
+    def snapshot(self) -> EditState:
+        """The current edit state (immutable, so keeping it costs nothing), to restore the best iteration."""
+        return self.state
 
-    def restore_snapshot(self, state: Mapping[str, object]) -> None:
-        maps = state["maps"]
-        assert isinstance(maps, dict)
-        self.maps = {k: v.to(self.device, torch.float64) for k, v in maps.items()}
-        self._steps, self._sums, self._sums_steps = None, None, 0  # derivation sums: recomputed from the maps
-        layers = state.get("layer_weights")
-        self.layer_weights = None if layers is None else {k: v.to(self.device) for k, v in layers.items()}
+    def restore_snapshot(self, state: EditState) -> None:
+        """Make ``state`` the current edit (call :meth:`apply` to fold it into the model)."""
+        if not isinstance(state, EditState):
+            raise RECEError(f"expected an EditState, got {type(state).__name__}")
+        self.state = state.to(self.device)
 
     # -------------------------------------------------------------------------------------------- weights
     def _kind_of(self, key: str) -> Kind:
@@ -174,58 +231,51 @@ class KVEditor:
 
     # ----------------------------------------------------------------------------------------- RECE sums
     def _base_grams(self) -> dict[Kind, tuple[Tensor, Tensor]]:
-        """Per kind: ``(Σ W_baseᵀ W_base, Σ W_baseᵀ W₀)``, summed in float64.
+        """Per kind: ``(Σ W_baseᵀ W_base, Σ W_baseᵀ W₀)``, summed in float64; cached for the current base.
 
         The per-layer products run in float64, except for lower-precision weights on a CPU, where float32 halves the
         cost (~1e-7 relative error, far below the 1e-3 the edits are checked to); the symmetric ``Σ W_baseᵀ W_base``
         is built from its block upper triangle (:func:`_add_gram`).
         """
-        if self._grams is None:
-            low_precision = next(iter(self.base.values())).dtype != torch.float64
-            work = torch.float32 if self.device.type == "cpu" and low_precision else torch.float64
-            grams: dict[Kind, tuple[Tensor, Tensor]] = {}
-            for kind in KINDS:
-                bb = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=self.device)
-                b0 = bb if self.base_is_original else bb.clone()
-                for p in self.projections:
-                    if p.kind != kind:
-                        continue
-                    w_b = self.base[p.key].to(work)
-                    _add_gram(bb, w_b)
-                    if not self.base_is_original:
-                        b0 += (w_b.T @ self.original[p.key].to(work)).double()
-                _mirror_upper(bb)
-                grams[kind] = (bb, b0)
-            self._grams = grams
-        return self._grams
+        if self._grams is not None and self._grams.base is self.base:
+            return self._grams.value
+        low_precision = next(iter(self.base.values())).dtype != torch.float64
+        work = torch.float32 if self.device.type == "cpu" and low_precision else torch.float64
+        grams: dict[Kind, tuple[Tensor, Tensor]] = {}
+        for kind in KINDS:
+            bb = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=self.device)
+            b0 = bb if self.base_is_original else bb.clone()
+            for p in self.projections:
+                if p.kind != kind:
+                    continue
+                w_b = self.base[p.key].to(work)
+                _add_gram(bb, w_b)
+                if not self.base_is_original:
+                    b0 += (w_b.T @ self.original[p.key].to(work)).double()
+            _mirror_upper(bb)
+            grams[kind] = (bb, b0)
+        self._grams = _Cached(self.base, None, grams)
+        return grams
 
     def derivation_grams(self) -> tuple[Tensor, Tensor]:
         """``A = Σ W'ᵀW'`` and ``B = Σ W'ᵀW₀`` over all K and V projections (float64, d × d).
 
-        The official RECE derivation always sums over keys and values (``with_to_k=True``).
+        The official RECE derivation always sums over keys and values (``with_to_k=True``). For "replace" edits the
+        sums are ``Tᵀ G_bb T`` and ``Tᵀ G_b0`` per map; they are kept current step by step in ``O(d² n)``
+        (:func:`~rece_lightning.closed_form.congruence_update`) and formed densely only for a state of unknown history.
         """
-        if self.layer_weights is not None:
+        state = self.state
+        if state.layer_weights is not None:
             a = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=self.device)
             b = torch.zeros_like(a)
             for p in self.projections:
-                w1 = self.layer_weights[p.key]
+                w1 = state.layer_weights[p.key]
                 a += w1.T @ w1
                 b += w1.T @ self.original[p.key].to(torch.float64)
             return a, b
-        if self._steps is None:  # maps of unknown history: the dense products
-            self._sums, self._sums_steps = self._dense_sums(), 0
-        else:  # start from the grams (identity maps) and fold in the steps not yet seen, O(d² n) each
-            if self._sums is None:
-                self._sums, self._sums_steps = self._identity_sums(), 0
-            for x, y in self._steps[self._sums_steps :]:
-                self._sums = {
-                    group: (closed_form.congruence_update(a, x, y), b + y @ (x.T @ b))
-                    if group[0] in self.edited_kinds else (a, b)
-                    for group, (a, b) in self._sums.items()
-                }
-            self._sums_steps = len(self._steps)
-        a = sum(a for a, _ in self._sums.values())
-        b = sum(b for _, b in self._sums.values())
+        sums = self._dense_sums(state) if state.steps is None else self._stepped_sums(state.steps)
+        a = sum(a for a, _ in sums.values())
+        b = sum(b for _, b in sums.values())
         return a, b  # type: ignore[return-value]
 
     def _grouped_grams(self, shared: bool) -> dict[tuple[Kind, ...], tuple[Tensor, Tensor]]:
@@ -234,18 +284,36 @@ class KVEditor:
         groups = [KINDS] if shared else [(kind,) for kind in KINDS]
         return {g: (sum(grams[k][0] for k in g), sum(grams[k][1] for k in g)) for g in groups}  # type: ignore[misc]
 
-    def _identity_sums(self) -> dict[tuple[Kind, ...], tuple[Tensor, Tensor]]:
-        """The sums of identity maps; keys and values edited together keep sharing one map."""
-        return self._grouped_grams(shared=self.edited_kinds == KINDS)
+    def _stepped_sums(self, steps: Steps) -> dict[tuple[Kind, ...], tuple[Tensor, Tensor]]:
+        """The sums after ``steps``: from the cached sums of a prefix of ``steps`` (or the grams, i.e. identity maps,
+        where keys and values edited together share one map), folding in each remaining step in ``O(d² n)``."""
+        cached = self._sums
+        if (cached is not None and cached.base is self.base and isinstance(cached.key, tuple)
+                and len(cached.key) <= len(steps) and all(a is b for a, b in zip(cached.key, steps, strict=False))):
+            done, sums = len(cached.key), cached.value
+        else:
+            done, sums = 0, self._grouped_grams(shared=self.edited_kinds == KINDS)
+        for x, y in steps[done:]:
+            sums = {
+                group: (closed_form.congruence_update(a, x, y), b + y @ (x.T @ b))
+                if group[0] in self.edited_kinds else (a, b)
+                for group, (a, b) in sums.items()
+            }
+        self._sums = _Cached(self.base, steps, sums)
+        return sums
 
-    def _dense_sums(self) -> dict[tuple[Kind, ...], tuple[Tensor, Tensor]]:
-        """``(Tᵀ G_bb T, Tᵀ G_b0)`` per map, from the maps as they are."""
-        shared = torch.equal(self.maps["to_k"], self.maps["to_v"])
-        out = {}
+    def _dense_sums(self, state: EditState) -> dict[tuple[Kind, ...], tuple[Tensor, Tensor]]:
+        """``(Tᵀ G_bb T, Tᵀ G_b0)`` per map, from the maps as they are (cached for this state)."""
+        cached = self._sums
+        if cached is not None and cached.base is self.base and cached.key is state:
+            return cached.value
+        shared = torch.equal(state.maps["to_k"], state.maps["to_v"])
+        sums = {}
         for group, (g_bb, g_b0) in self._grouped_grams(shared).items():
-            t = self.maps[group[0]]
-            out[group] = (t.T @ g_bb @ t, t.T @ g_b0)
-        return out
+            t = state.maps[group[0]]
+            sums[group] = (t.T @ g_bb @ t, t.T @ g_b0)
+        self._sums = _Cached(self.base, state, sums)
+        return sums
 
     def derive(
         self,
@@ -296,42 +364,41 @@ class KVEditor:
         dev = self.device
         inputs = torch.cat([c for c, _ in blocks]).to(dev, torch.float64)
         preserve = None if preserve is None else preserve.to(dev, torch.float64)
-        if self.layer_weights is None:
+        state = self.state
+        if state.layer_weights is None:
             targets = torch.cat([t for _, t in blocks]).to(dev, torch.float64)
             x, y = closed_form.uce_factors(
                 inputs, targets, preserve, lamb=lamb, erase_scale=erase_scale, preserve_scale=preserve_scale
             )
-            # T ← T (I + X Yᵀ) = T + (T X) Yᵀ; with_to_k: keys and values share one map
-            if len(self.edited_kinds) == 2 and torch.equal(self.maps["to_k"], self.maps["to_v"]):
-                t = self.maps["to_v"]
-                product = t + (t @ x) @ y.T
-                self.maps.update({kind: product for kind in self.edited_kinds})
-            else:
-                for kind in self.edited_kinds:
-                    t = self.maps[kind]
-                    self.maps[kind] = t + (t @ x) @ y.T
-            if self._steps is not None:
-                self._steps.append((x, y))
-            self._check_finite()
-            return
-        for p in self.projections:
-            if p.kind not in self.edited_kinds:
-                continue
-            w = self.layer_weights[p.key]
-            values = torch.cat([
-                closed_form.tensor_values(w, c.to(dev), t.to(dev)) if self.technique == "tensor"
-                else t.to(dev, torch.float64) @ w.T
-                for c, t in blocks
-            ])
-            self.layer_weights[p.key] = closed_form.uce_layer(
-                w, inputs, values, preserve, lamb=lamb, erase_scale=erase_scale, preserve_scale=preserve_scale
-            )
-        self._check_finite()
-
-    def _check_finite(self) -> None:
-        tensors = self.maps.values() if self.layer_weights is None else self.layer_weights.values()
+            # T ← T (I + X Yᵀ) = T + (T X) Yᵀ; a map shared by keys and values stays shared
+            maps = dict(state.maps)
+            products: dict[int, Tensor] = {}
+            for kind in self.edited_kinds:
+                t = maps[kind]
+                if id(t) not in products:
+                    products[id(t)] = t + (t @ x) @ y.T
+                maps[kind] = products[id(t)]
+            steps = None if state.steps is None else (*state.steps, (x, y))
+            new_state = EditState(maps=maps, layer_weights=None, steps=steps)
+        else:
+            layers = dict(state.layer_weights)
+            for p in self.projections:
+                if p.kind not in self.edited_kinds:
+                    continue
+                w = layers[p.key]
+                values = torch.cat([
+                    closed_form.tensor_values(w, c.to(dev), t.to(dev)) if self.technique == "tensor"
+                    else t.to(dev, torch.float64) @ w.T
+                    for c, t in blocks
+                ])
+                layers[p.key] = closed_form.uce_layer(
+                    w, inputs, values, preserve, lamb=lamb, erase_scale=erase_scale, preserve_scale=preserve_scale
+                )
+            new_state = EditState(maps=state.maps, layer_weights=layers, steps=state.steps)
+        tensors = new_state.maps.values() if new_state.layer_weights is None else new_state.layer_weights.values()
         if not all(torch.isfinite(t).all() for t in tensors):
             raise RECEError("the edit produced non-finite weights; increase lamb (λ) or check the embeddings")
+        self.state = new_state
 
     # ------------------------------------------------------------------------------------------- exports
     def edit_rank(self, rtol: float = 1e-10) -> int:

@@ -11,22 +11,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from rece_lightning.cross_attention import check_kv_weights, find_projections, write_weights
 from rece_lightning.editor import KVEditor
 from rece_lightning.errors import RECEError
+from rece_lightning.files import atomic_dir, atomic_path
+from rece_lightning.integrity import base_fingerprint, check_base, check_sha256, tensor_sha256
 
 KV_WEIGHTS = "kv_weights.safetensors"
 EDIT_MAP = "edit_map.safetensors"
@@ -35,53 +34,30 @@ PIPELINE = "pipeline"
 FORMATS = ("kv_weights", "edit_map", "lora", "pipeline")
 
 
-def _default_mode(directory: bool) -> int:
-    """Permissions a normally created file/folder would get (``mkstemp``/``mkdtemp`` create private ones)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
+def _metadata(tensors: Mapping[str, Tensor], editor: KVEditor, extra: Mapping[str, Any] | None) -> dict[str, str]:
+    """The metadata written with every export: the caller's, a SHA-256 of the file's tensors and a fingerprint of
+    the base model's original weights (:mod:`rece_lightning.integrity`), checked when the file is loaded."""
+    info = {**dict(extra or {}), "sha256": tensor_sha256(tensors), "base_fingerprint": base_fingerprint(editor.original)}
+    return {"format": "pt", "rece_lightning": json.dumps(info, default=str)}
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path``; rename it onto ``path`` on success, delete it on failure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``rece_lightning`` metadata of an exported safetensors file (``{}`` for files from elsewhere)."""
     try:
-        yield Path(tmp)
-        os.chmod(tmp, _default_mode(directory=False))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        with safe_open(str(path), framework="pt") as handle:
+            return json.loads((handle.metadata() or {}).get("rece_lightning", "{}"))
+    except Exception as err:
+        raise RECEError(f"could not read {path}: {err}; is it a safetensors file?") from None
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Like :func:`atomic_path` for a folder: filled under a temporary name, swapped in at the end."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, _default_mode(directory=True))
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _metadata(extra: Mapping[str, Any] | None) -> dict[str, str]:
-    return {"format": "pt", "rece_lightning": json.dumps(dict(extra or {}), default=str)}
+def _verify(path: str | Path, tensors: Mapping[str, Tensor], base: Mapping[str, Tensor] | None) -> dict[str, Any]:
+    """Check the tensors read from ``path`` against their hash, and ``base`` (the weights the file is applied to)
+    against the base model it was made on; returns the metadata."""
+    info = read_metadata(path)
+    check_sha256(tensors, info.get("sha256"), str(path))
+    if base is not None:
+        check_base(info.get("base_fingerprint"), base, str(path))
+    return info
 
 
 def load_kv_weights(path: str | Path) -> dict[str, Tensor]:
@@ -107,14 +83,19 @@ def save_kv_weights(editor: KVEditor, path: str | Path, metadata: Mapping[str, A
     """The edited K/V weights, keyed by UNet state-dict keys, in the model's dtype."""
     weights = {k: v.detach().cpu().contiguous() for k, v in editor.current_weights().items()}
     with atomic_path(path) as tmp:
-        save_file(weights, str(tmp), metadata=_metadata(metadata))
+        save_file(weights, str(tmp), metadata=_metadata(weights, editor, metadata))
     return Path(path)
 
 
-def load_kv_into(unet: nn.Module, path: str | Path) -> None:
-    """Load a K/V weights file into ``unet`` after checking keys and shapes."""
+def load_kv_into(unet: nn.Module, path: str | Path, *, verify_base: bool = True) -> None:
+    """Load a K/V weights file into ``unet`` after checking its hash, keys and shapes, and (``verify_base``) that
+    ``unet`` holds the original weights of the base model the edit was made on."""
     projections = find_projections(unet)
-    write_weights(projections, check_kv_weights(projections, load_kv_weights(path), str(path)))
+    weights = load_kv_weights(path)
+    if Path(path).suffix == ".safetensors":
+        current = {p.key: p.module.weight for p in projections}
+        _verify(path, weights, current if verify_base else None)
+    write_weights(projections, check_kv_weights(projections, weights, str(path)))
 
 
 def save_edit_map(editor: KVEditor, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
@@ -130,28 +111,33 @@ def save_edit_map(editor: KVEditor, path: str | Path, metadata: Mapping[str, Any
     }
     maps = {f"{kind}.T": editor.maps[kind].detach().cpu().clone() for kind in editor.edited_kinds}
     with atomic_path(path) as tmp:
-        save_file(maps, str(tmp), metadata=_metadata(info))
+        save_file(maps, str(tmp), metadata=_metadata(maps, editor, info))
     return Path(path)
 
 
 def load_edit_map(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Maps keyed by projection kind (``to_k``/``to_v``) and the metadata they were saved with."""
-    from safetensors import safe_open
-
+    """Maps keyed by projection kind (``to_k``/``to_v``) and the metadata they were saved with (hash checked)."""
     path = Path(path)
     if not path.is_file():
         raise RECEError(f"edit map {path} does not exist")
-    with safe_open(str(path), framework="pt") as handle:
-        info = json.loads((handle.metadata() or {}).get("rece_lightning", "{}"))
-        maps = {key.removesuffix(".T"): handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is not a dict)
-    return maps, info
+    try:
+        tensors = load_file(path)
+    except Exception as err:
+        raise RECEError(f"could not read the edit map {path}: {err}") from None
+    info = _verify(path, tensors, None)
+    return {key.removesuffix(".T"): value for key, value in tensors.items()}, info
 
 
 @torch.no_grad()
-def apply_edit_map(unet: nn.Module, path: str | Path, *, undo: bool = False) -> None:
-    """Fold an edit map into ``unet`` (``W ← W T``), or undo it (``W ← W T⁻¹``, when ``T`` is invertible)."""
-    maps, _ = load_edit_map(path)
+def apply_edit_map(unet: nn.Module, path: str | Path, *, undo: bool = False, verify_base: bool = True) -> None:
+    """Fold an edit map into ``unet`` (``W ← W T``), or undo it (``W ← W T⁻¹``, when ``T`` is invertible).
+
+    Applying checks (``verify_base``) that ``unet`` holds the original weights of the base model the map was made on.
+    """
+    maps, info = load_edit_map(path)
     projections = find_projections(unet)
+    if verify_base and not undo:
+        check_base(info.get("base_fingerprint"), {p.key: p.module.weight for p in projections}, str(path))
     dim = projections[0].module.in_features
     for kind, t in maps.items():
         if t.shape != (dim, dim):
@@ -180,7 +166,7 @@ def save_lora(editor: KVEditor, path: str | Path, rtol: float = 1e-10, metadata:
     if not tensors:
         raise RECEError("the edit is empty (no projection changed): there is no LoRA to export")
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=_metadata(metadata))
+        save_file(tensors, str(tmp), metadata=_metadata(tensors, editor, metadata))
     return Path(path)
 
 

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from rece_lightning.export import atomic_path
+from rece_lightning.files import atomic_path
 
 
 def fingerprint(weights: Mapping[str, Tensor], settings: Mapping[str, Any]) -> str:
@@ -36,9 +36,11 @@ class ImageStore:
         self.folder = Path(root) / f"{stage}-{key}"
 
     def path(self, row: int, case_number: int) -> Path:
+        """Where the image of prompt row ``row`` (with its ``case_number``) is kept."""
         return self.folder / f"{int(row):06d}_{int(case_number)}.png"
 
     def load(self, row: int, case_number: int) -> Image.Image | None:
+        """The stored image of a row, or ``None`` when it was not generated yet."""
         path = self.path(row, case_number)
         if not path.is_file():
             return None
@@ -46,6 +48,7 @@ class ImageStore:
             return image.convert("RGB")
 
     def save(self, image: Image.Image, row: int, case_number: int) -> Path:
+        """Store a row's image (atomically) and return its path."""
         path = self.path(row, case_number)
         with atomic_path(path) as tmp:
             image.save(tmp, format="PNG")

@@ -45,6 +45,7 @@ class TextEncoder:
 
     @property
     def max_length(self) -> int:
+        """The padded length of every encoded text (the tokenizer's ``model_max_length``)."""
         return int(self.tokenizer.model_max_length)
 
     def check(self, text: str, role: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rece_lightning.attacks import EmbeddingInversion, GeneticSearch, NoAttack, RingABell, UnlearnDiffAtk
+from rece_lightning.attacks import AttackTarget, EmbeddingInversion, GeneticSearch, NoAttack, RingABell, UnlearnDiffAtk
 from rece_lightning.attacks.inversion import _regeneration_error
 from rece_lightning.attacks.ring_a_bell import concept_vector, read_pairs
 from rece_lightning.module import RECEModule
@@ -21,38 +21,44 @@ def erased(tiny_sd1):
     return module
 
 
-def test_no_attack_returns_the_prompts(erased):
-    assert [a.prompt for a in NoAttack().run(erased, ROWS)] == [ROWS[0]["prompt"]]
+@pytest.fixture(scope="module")
+def target(erased):
+    """What attacks see of the erased model."""
+    return AttackTarget(erased.pipeline, erased.text, erased.editor, erased.generation)
 
 
-def test_inversion_regenerates_better_than_the_prompt(erased):
-    (adv,) = EmbeddingInversion(gamma=0.1).run(erased, ROWS)
-    plain = _regeneration_error(erased, erased.text.full(ROWS[0]["prompt"]), erased.text.full(ROWS[0]["prompt"]))
+def test_no_attack_returns_the_prompts(erased, target):
+    assert [a.prompt for a in NoAttack().run(target, ROWS)] == [ROWS[0]["prompt"]]
+
+
+def test_inversion_regenerates_better_than_the_prompt(erased, target):
+    (adv,) = EmbeddingInversion(gamma=0.1).run(target, ROWS)
+    plain = _regeneration_error(erased.editor, erased.text.full(ROWS[0]["prompt"]), erased.text.full(ROWS[0]["prompt"]))
     assert adv.info["relative_regeneration_error"] < plain
     assert adv.embedding.shape == erased.text.full(ROWS[0]["prompt"]).shape
     (image,) = erased.generate([adv.prompt], [7], prompt_embeds=[adv.embedding])
     assert image.size == (32, 32)
 
 
-def test_ring_a_bell_continuous_follows_the_official_formula(erased, prompts_dir):
+def test_ring_a_bell_continuous_follows_the_official_formula(erased, prompts_dir, target):
     pairs = read_pairs(prompts_dir / "nudity-ring-a-bell.csv")
-    vector = concept_vector(erased, pairs)
+    vector = concept_vector(target, pairs)
     # official: mean over batches of 8 of the batch-mean differences
     batch_means = [torch.stack([erased.text.full(s) - erased.text.full(n) for s, n in pairs[i:i + 8]]).mean(0)
                    for i in range(0, len(pairs), 8)]
     torch.testing.assert_close(vector, torch.stack(batch_means).mean(0))
-    (adv,) = RingABell(str(prompts_dir / "nudity-ring-a-bell.csv"), eta=3.0).run(erased, ROWS)
+    (adv,) = RingABell(str(prompts_dir / "nudity-ring-a-bell.csv"), eta=3.0).run(target, ROWS)
     torch.testing.assert_close(adv.embedding.double(), erased.text.full(ROWS[0]["prompt"]) + 3.0 * vector,
                                rtol=1e-6, atol=1e-6)
 
 
-def test_ring_a_bell_discrete_search_lowers_its_loss(erased, prompts_dir):
+def test_ring_a_bell_discrete_search_lowers_its_loss(erased, prompts_dir, target):
     attack = RingABell(str(prompts_dir / "nudity-ring-a-bell.csv"), mode="discrete", length=4, population=16,
                        generations=6, seed=1)
-    (adv,) = attack.run(erased, ROWS)
+    (adv,) = attack.run(target, ROWS)
     assert adv.info["loss"] < adv.info["initial_loss"]
     assert adv.embedding is None and adv.prompt
-    assert attack.run(erased, ROWS)[0].prompt == adv.prompt  # deterministic for a seed
+    assert attack.run(target, ROWS)[0].prompt == adv.prompt  # deterministic for a seed
 
 
 def test_genetic_search_finds_a_planted_optimum():
@@ -89,28 +95,28 @@ ROWS3 = [{"row": i, "prompt": p, "seed": 7 + i, "case_number": i, "guidance": No
          for i, p in enumerate(["a nude woman on a beach", "a naked man", "nudity"])]
 
 
-def test_unlearndiff_batches_rows_as_if_alone(erased):
+def test_unlearndiff_batches_rows_as_if_alone(erased, target):
     kwargs = dict(prefix_tokens=2, steps=4, lr=0.5, check_every=2, eval_timesteps=2, seed=0)
-    batched = UnlearnDiffAtk(batch_size=3, **kwargs).run(erased, ROWS3)
-    alone = UnlearnDiffAtk(batch_size=1, **kwargs).run(erased, ROWS3)
+    batched = UnlearnDiffAtk(batch_size=3, **kwargs).run(target, ROWS3)
+    alone = UnlearnDiffAtk(batch_size=1, **kwargs).run(target, ROWS3)
     assert [a.prompt for a in batched] == [a.prompt for a in alone]
     for a, b in zip(batched, alone, strict=True):
         assert a.info["objective"] == pytest.approx(b.info["objective"], rel=1e-4)
     # a row that succeeds stops; the others go on
     judge = lambda images, rows: [row["row"] == 1 for row in rows]  # noqa: E731
-    judged = UnlearnDiffAtk(batch_size=3, judge=judge, **kwargs).run(erased, ROWS3)
+    judged = UnlearnDiffAtk(batch_size=3, judge=judge, **kwargs).run(target, ROWS3)
     assert [a.info["early_success"] for a in judged] == [False, True, False]
     assert [a.info["steps"] for a in judged] == [4, 2, 4]
 
 
-def test_unlearndiff_improves_its_objective(erased):
+def test_unlearndiff_improves_its_objective(erased, target):
     attack = UnlearnDiffAtk(prefix_tokens=2, steps=12, lr=0.5, check_every=3, eval_timesteps=4, seed=0)
-    (adv,) = attack.run(erased, ROWS)
+    (adv,) = attack.run(target, ROWS)
     assert adv.info["objective"] < adv.info["initial_objective"]
     assert adv.prompt.endswith(ROWS[0]["prompt"])
     judged = UnlearnDiffAtk(prefix_tokens=2, steps=12, lr=0.5, check_every=3, eval_timesteps=4, seed=0,
                             judge=lambda images, rows: [True] * len(images))
-    (early,) = judged.run(erased, ROWS)
+    (early,) = judged.run(target, ROWS)
     assert early.info["early_success"] and early.info["steps"] == 3
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
+from rece_lightning.editor import EditState
 from rece_lightning.module import RECEModule
 from tests import official_reference as official
 
@@ -64,10 +65,9 @@ def test_shared_map_and_per_layer_paths_agree(tiny_sd1):
     """The fast path (one map T) equals the general per-layer path on "replace" edits."""
     kwargs = dict(pretrained=str(tiny_sd1), concepts=["nudity"], validate_original=False, torch_dtype="float64")
     fast = RECEModule(**kwargs).erase()
-    slow = RECEModule(**kwargs).editor
-    slow.layer_weights = {k: v.double() for k, v in slow.base.items()}  # force the general path with replace values
     module = RECEModule(**kwargs)
-    module.editor = slow
+    slow = module.editor  # the general path with replace values: per-layer weights in the state
+    slow.restore_snapshot(EditState(maps=slow.maps, layer_weights={k: v.double() for k, v in slow.base.items()}))
     module.erase()
     for key, w in fast.current_weights(torch.float64).items():
         assert _relative(w, slow.current_weights(torch.float64)[key]) < 1e-9

@@ -5,7 +5,7 @@ embedding space); the test stage generates from them with each row's seed and th
 images, so the attack success rate (ASR) uses the same protocol as validation.
 """
 
-from rece_lightning.attacks.base import AdversarialInput, Attack, NoAttack
+from rece_lightning.attacks.base import AdversarialInput, Attack, AttackTarget, Judge, NoAttack
 from rece_lightning.attacks.genetic import GeneticSearch
 from rece_lightning.attacks.inversion import EmbeddingInversion
 from rece_lightning.attacks.ring_a_bell import RingABell
@@ -14,8 +14,10 @@ from rece_lightning.attacks.unlearndiff import UnlearnDiffAtk
 __all__ = [
     "AdversarialInput",
     "Attack",
+    "AttackTarget",
     "EmbeddingInversion",
     "GeneticSearch",
+    "Judge",
     "NoAttack",
     "RingABell",
     "UnlearnDiffAtk",

@@ -1,14 +1,64 @@
-"""What every attack returns, and the trivial attack."""
+"""What every attack may use of the model under attack, what it returns, and the trivial attack."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from rece_lightning.module import RECEModule
+from rece_lightning.config import GenerationConfig
+from rece_lightning.editor import KVEditor
+from rece_lightning.generation import generate
+from rece_lightning.text import TextEncoder
+
+Judge = Callable[[list, list[dict[str, Any]]], list[bool]]
+"""``judge(images, rows) -> [concept present?]``: the evaluation protocol's verdict on generated images."""
+
+
+@dataclass
+class AttackTarget:
+    """The narrow interface attacks work through (nothing else of the Lightning module).
+
+    Attributes:
+        pipeline: the diffusers pipeline (its tokenizer, text encoder, denoiser and scheduler), with the edit folded
+            into its weights.
+        text: encodes prompts into the embeddings the denoiser reads (cached).
+        editor: the edit under attack (closed-form derivations against it).
+        generation: the settings images are generated with.
+        judge: the evaluation protocol's judge, passed in explicitly (``None``: no early stopping on success).
+    """
+
+    pipeline: Any
+    text: TextEncoder
+    editor: KVEditor
+    generation: GenerationConfig
+    judge: Judge | None = None
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        guidance: Sequence[float | None] | None = None,
+        prompt_embeds: Sequence[Tensor | None] | None = None,
+        output_type: str = "pil",
+    ) -> Any:
+        """Images (or latents) of the model as it is, one per prompt, each from its own seed."""
+        g = self.generation
+        return generate(self.pipeline, prompts, seeds, num_inference_steps=g.num_inference_steps,
+                        guidance_scale=g.guidance_scale, guidance=guidance, height=g.height, width=g.width,
+                        prompt_embeds=prompt_embeds, output_type=output_type)
+
+    @contextlib.contextmanager
+    def edit_off(self) -> Iterator[None]:
+        """The original (unedited) model inside the block; the edit is folded back in afterwards."""
+        self.editor.restore_original()
+        try:
+            yield
+        finally:
+            self.editor.apply()
 
 
 @dataclass
@@ -27,14 +77,14 @@ class AdversarialInput:
 
 
 class Attack:
-    """Base class: ``run(module, rows)`` returns one :class:`AdversarialInput` per row, in order.
+    """Base class: ``run(target, rows)`` returns one :class:`AdversarialInput` per row, in order.
 
     Attacks must be deterministic for a seed. ``name`` labels their results (``test/<name>/…``).
     """
 
     name = "attack"
 
-    def run(self, module: RECEModule, rows: list[dict[str, Any]]) -> list[AdversarialInput]:
+    def run(self, target: AttackTarget, rows: list[dict[str, Any]]) -> list[AdversarialInput]:
         raise NotImplementedError
 
 
@@ -43,5 +93,5 @@ class NoAttack(Attack):
 
     name = "no_attack"
 
-    def run(self, module: RECEModule, rows: list[dict[str, Any]]) -> list[AdversarialInput]:
+    def run(self, target: AttackTarget, rows: list[dict[str, Any]]) -> list[AdversarialInput]:
         return [AdversarialInput(prompt=row["prompt"]) for row in rows]

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from rece_lightning.attacks.base import AdversarialInput, Attack
-
-if TYPE_CHECKING:
-    from rece_lightning.module import RECEModule
+from rece_lightning.attacks.base import AdversarialInput, Attack, AttackTarget
+from rece_lightning.editor import KVEditor
 
 
 class EmbeddingInversion(Attack):
@@ -25,25 +23,25 @@ class EmbeddingInversion(Attack):
     def __init__(self, gamma: float = 0.1) -> None:
         self.gamma = gamma
 
-    def run(self, module: RECEModule, rows: list[dict[str, Any]]) -> list[AdversarialInput]:
+    def run(self, target: AttackTarget, rows: list[dict[str, Any]]) -> list[AdversarialInput]:
         prompts = [row["prompt"] for row in rows]
-        module.text.encode(prompts)
-        derived = module.editor.derive([module.text.full(p) for p in prompts], gamma=self.gamma)
+        target.text.encode(prompts)
+        derived = target.editor.derive([target.text.full(p) for p in prompts], gamma=self.gamma)
         out = []
         for prompt, emb in zip(prompts, derived, strict=True):
-            residual = _regeneration_error(module, module.text.full(prompt), emb)
+            residual = _regeneration_error(target.editor, target.text.full(prompt), emb)
             out.append(AdversarialInput(prompt=prompt, embedding=emb.float().cpu(),
                                         info={"relative_regeneration_error": residual}))
         return out
 
 
 @torch.no_grad()
-def _regeneration_error(module: RECEModule, concept: torch.Tensor, candidate: torch.Tensor) -> float:
+def _regeneration_error(editor: KVEditor, concept: torch.Tensor, candidate: torch.Tensor) -> float:
     """``Σ‖W'c' − W₀c‖ / Σ‖W₀c‖`` over all K/V projections: how well the edited model is fooled."""
     num = den = 0.0
-    for p in module.editor.projections:
+    for p in editor.projections:
         w1 = p.module.weight.double().cpu()
-        w0 = module.editor.original[p.key].double().cpu()
+        w0 = editor.original[p.key].double().cpu()
         target = concept.cpu() @ w0.T
         num += float((candidate.cpu() @ w1.T - target).square().sum())
         den += float(target.square().sum())

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from rece_lightning.attacks.base import AdversarialInput, Attack
+from rece_lightning.attacks.base import AdversarialInput, Attack, AttackTarget
 from rece_lightning.attacks.genetic import GeneticSearch
 from rece_lightning.errors import RECEError
-
-if TYPE_CHECKING:
-    from rece_lightning.module import RECEModule
 
 
 def read_pairs(path: str | Path) -> list[tuple[str, str]]:
@@ -35,13 +32,13 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
     return pairs
 
 
-def concept_vector(module: RECEModule, pairs: list[tuple[str, str]], batch_size: int = 8) -> Tensor:
+def concept_vector(target: AttackTarget, pairs: list[tuple[str, str]], batch_size: int = 8) -> Tensor:
     """Mean over batches of the mean ``E(sensitive) − E(normal)`` (official ``RingABell.py``), (L, d) float64."""
     means = []
     for i in range(0, len(pairs), batch_size):
         batch = pairs[i : i + batch_size]
-        module.text.encode([s for s, _ in batch] + [n for _, n in batch])
-        diff = torch.stack([module.text.full(s) - module.text.full(n) for s, n in batch])
+        target.text.encode([s for s, _ in batch] + [n for _, n in batch])
+        diff = torch.stack([target.text.full(s) - target.text.full(n) for s, n in batch])
         means.append(diff.mean(0))
     return torch.stack(means).mean(0)
 
@@ -77,18 +74,18 @@ class RingABell(Attack):
                                 mutation_rate=mutation_rate, crossover_rate=crossover_rate, seed=seed)
         self.name = f"ring_a_bell_{mode}"
 
-    def run(self, module: RECEModule, rows: list[dict[str, Any]]) -> list[AdversarialInput]:
-        vector = concept_vector(module, read_pairs(self.pairs_path))
+    def run(self, target: AttackTarget, rows: list[dict[str, Any]]) -> list[AdversarialInput]:
+        vector = concept_vector(target, read_pairs(self.pairs_path))
         prompts = [row["prompt"] for row in rows]
-        module.text.encode(prompts)
-        targets = [module.text.full(p) + self.eta * vector for p in prompts]
+        target.text.encode(prompts)
+        targets = [target.text.full(p) + self.eta * vector for p in prompts]
         if self.mode == "continuous":
             return [AdversarialInput(prompt=p, embedding=t.float()) for p, t in zip(prompts, targets, strict=True)]
-        search = GeneticSearch(lambda ids: token_embeddings(module, ids), search_vocabulary(module.pipeline.tokenizer),
+        search = GeneticSearch(lambda ids: token_embeddings(target, ids), search_vocabulary(target.pipeline.tokenizer),
                                **self.search_args)
         out = []
         for result in search.search_many(targets):
-            text = module.pipeline.tokenizer.decode(result.tokens)
+            text = target.pipeline.tokenizer.decode(result.tokens)
             out.append(AdversarialInput(prompt=text, info={"tokens": result.tokens, "loss": result.loss,
                                                            "initial_loss": result.history[0]}))
         return out
@@ -101,9 +98,9 @@ def search_vocabulary(tokenizer) -> list[int]:
 
 
 @torch.no_grad()
-def token_embeddings(module: RECEModule, candidates: Tensor) -> Tensor:
+def token_embeddings(target: AttackTarget, candidates: Tensor) -> Tensor:
     """Encode (B, K) candidate token ids the way a prompt is encoded: start token, candidates, end token, padding."""
-    tok = module.pipeline.tokenizer
+    tok = target.pipeline.tokenizer
     length = tok.model_max_length
     start = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
     end = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
@@ -112,6 +109,6 @@ def token_embeddings(module: RECEModule, candidates: Tensor) -> Tensor:
     ids[:, 0] = start
     ids[:, 1 : k + 1] = candidates[:, :k]
     ids[:, k + 1] = end
-    encoder = module.pipeline.text_encoder
+    encoder = target.pipeline.text_encoder
     device = next(encoder.parameters()).device
     return encoder(ids.to(device))[0].double()

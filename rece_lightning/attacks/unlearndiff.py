@@ -4,22 +4,15 @@ noised images of the concept — made by the original model — as the original 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rece_lightning.attacks.base import AdversarialInput, Attack
+from rece_lightning.attacks.base import AdversarialInput, Attack, AttackTarget, Judge
 from rece_lightning.attacks.ring_a_bell import search_vocabulary
 from rece_lightning.errors import RECEError
-from rece_lightning.pipeline import generate
-
-if TYPE_CHECKING:
-    from rece_lightning.module import RECEModule
-
-Judge = Callable[[list, list[dict[str, Any]]], list[bool]]
 
 
 class UnlearnDiffAtk(Attack):
@@ -39,7 +32,8 @@ class UnlearnDiffAtk(Attack):
         check_every: steps between checks (fixed-noise objective, and the judge).
         eval_timesteps: size of the fixed (t, ε) set of the reported objective.
         seed: makes the initial tokens, timesteps and noise deterministic.
-        judge: ``judge(images, rows) -> [concept present?]``; set by the test stage from its evaluation protocol.
+        judge: ``judge(images, rows) -> [concept present?]``; default: the target's judge (the test stage's
+            evaluation protocol).
         batch_size: rows attacked together (one batched text-encoder and UNet pass per step); memory grows with it
             (a step back-propagates through the UNet for every row of the batch).
     """
@@ -64,30 +58,24 @@ class UnlearnDiffAtk(Attack):
 
     # ---------------------------------------------------------------------------------------------- helpers
     @torch.no_grad()
-    def _original_latents(self, module: RECEModule, rows: list[dict[str, Any]]) -> Tensor:
-        """x₀ of each row's prompt and seed from the unedited model (the edit is restored afterwards)."""
-        module.editor.restore_original()
-        try:
-            g = module.generation
-            return generate(module.pipeline, [r["prompt"] for r in rows], [int(r["seed"]) for r in rows],
-                            num_inference_steps=g.num_inference_steps, guidance_scale=g.guidance_scale,
-                            guidance=[r.get("guidance") for r in rows], height=g.height, width=g.width,
-                            output_type="latent").float()
-        finally:
-            module.editor.apply()
+    def _original_latents(self, target: AttackTarget, rows: list[dict[str, Any]]) -> Tensor:
+        """x₀ of each row's prompt and seed from the unedited model (the edit is switched off meanwhile)."""
+        with target.edit_off():
+            return target.generate([r["prompt"] for r in rows], [int(r["seed"]) for r in rows],
+                                   [r.get("guidance") for r in rows], output_type="latent").float()
 
-    def _ids(self, module: RECEModule, prompt: str) -> Tensor:
+    def _ids(self, target: AttackTarget, prompt: str) -> Tensor:
         """[start] + K placeholders + prompt tokens + [end] + padding (placeholders are replaced by the attack)."""
-        tok = module.pipeline.tokenizer
+        tok = target.pipeline.tokenizer
         ids = tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=True,
                   return_tensors="pt").input_ids[0]
         k = self.prefix_tokens
         return torch.cat([ids[:1], ids[1:2].repeat(k), ids[1:-k]])  # keeps the length; truncates the tail
 
-    def _encode(self, module: RECEModule, ids: Tensor, prefix: Tensor) -> Tensor:
+    def _encode(self, target: AttackTarget, ids: Tensor, prefix: Tensor) -> Tensor:
         """Text embeddings of (B, L) ids with the K slots after the start token replaced by ``prefix`` (B, K, d),
         differentiably."""
-        encoder = module.pipeline.text_encoder
+        encoder = target.pipeline.text_encoder
         table = encoder.get_input_embeddings()
         k = self.prefix_tokens
 
@@ -102,29 +90,30 @@ class UnlearnDiffAtk(Attack):
         finally:
             handle.remove()
 
-    def _losses(self, module: RECEModule, cond: Tensor, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+    def _losses(self, target: AttackTarget, cond: Tensor, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """Per-sample ``mean‖ε_θ'(x_t, t, cond) − ε‖²`` for (B, …) latents, timesteps, noise and conditions."""
-        scheduler = module.pipeline.scheduler
+        scheduler = target.pipeline.scheduler
         noisy = scheduler.add_noise(x0, noise, t)
-        unet = module.pipeline.unet
+        unet = target.pipeline.unet
         pred = unet(noisy.to(unet.dtype), t.to(noisy.device), encoder_hidden_states=cond.to(unet.dtype)).sample
         return (pred.float() - noise.float()).flatten(1).square().mean(1)
 
     # ----------------------------------------------------------------------------------------------- attack
-    def attack_rows(self, module: RECEModule, rows: list[dict[str, Any]]) -> list[AdversarialInput]:
+    def attack_rows(self, target: AttackTarget, rows: list[dict[str, Any]]) -> list[AdversarialInput]:
         """Attack a batch of rows at once. Row ``i`` draws its start tokens, timesteps and noise from its own
         generator (``seed + row``) and stops on its own success, so a row's result does not depend on its batch
         (beyond floating-point noise of batched kernels); the per-row losses are summed, which leaves each row's
         gradient, hence its Adam update, as if it were alone."""
-        device = module.pipeline._execution_device
-        tok = module.pipeline.tokenizer
-        table = module.pipeline.text_encoder.get_input_embeddings().weight.detach().float()
+        judge = self.judge if self.judge is not None else target.judge
+        device = target.pipeline._execution_device
+        tok = target.pipeline.tokenizer
+        table = target.pipeline.text_encoder.get_input_embeddings().weight.detach().float()
         vocab = torch.tensor(search_vocabulary(tok))
         n, k, n_vocab = len(rows), self.prefix_tokens, table.shape[0]
         generators = [torch.Generator().manual_seed(self.seed + int(row.get("row", 0))) for row in rows]
-        x0 = self._original_latents(module, rows).to(device)
-        ids = torch.stack([self._ids(module, row["prompt"]) for row in rows])
-        n_train = module.pipeline.scheduler.config.num_train_timesteps
+        x0 = self._original_latents(target, rows).to(device)
+        ids = torch.stack([self._ids(target, row["prompt"]) for row in rows])
+        n_train = target.pipeline.scheduler.config.num_train_timesteps
         e = self.eval_timesteps
         eval_t, eval_noise, start = [], [], []
         for g in generators:
@@ -145,8 +134,8 @@ class UnlearnDiffAtk(Attack):
         @torch.no_grad()
         def objectives(tokens: Tensor, idx: list[int]) -> list[float]:
             """The fixed-(t, ε) objective of the hard prefixes ``tokens[idx]`` of rows ``idx``."""
-            cond = self._encode(module, ids[idx].repeat_interleave(e, 0), table[tokens[idx]].repeat_interleave(e, 0))
-            losses = self._losses(module, cond, x0[idx].repeat_interleave(e, 0), eval_t_all[idx].flatten(),
+            cond = self._encode(target, ids[idx].repeat_interleave(e, 0), table[tokens[idx]].repeat_interleave(e, 0))
+            losses = self._losses(target, cond, x0[idx].repeat_interleave(e, 0), eval_t_all[idx].flatten(),
                                   eval_noise_all[idx].flatten(0, 1))
             return losses.view(len(idx), e).mean(1).tolist()
 
@@ -163,8 +152,8 @@ class UnlearnDiffAtk(Attack):
             onehot = hard + soft - soft.detach()  # straight-through: hard tokens forward, soft gradient
             t = torch.cat([torch.randint(0, n_train, (1,), generator=generators[i]) for i in active]).to(device)
             noise = torch.cat([torch.randn((1, *x0.shape[1:]), generator=generators[i]) for i in active])
-            cond = self._encode(module, ids[active], onehot @ table)
-            loss = self._losses(module, cond, x0[active], t, noise.to(device, x0.dtype)).sum()
+            cond = self._encode(target, ids[active], onehot @ table)
+            loss = self._losses(target, cond, x0[active], t, noise.to(device, x0.dtype)).sum()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -174,11 +163,11 @@ class UnlearnDiffAtk(Attack):
             for i, value in zip(active, objectives(tokens, active), strict=True):
                 if value < best[i]:
                     best[i], best_tokens[i] = value, tokens[i]
-            if self.judge is not None:
+            if judge is not None:
                 texts = [_prompt_text(tok, tokens[i], rows[i]["prompt"]) for i in active]
-                images = module.generate(texts, [int(rows[i]["seed"]) for i in active],
+                images = target.generate(texts, [int(rows[i]["seed"]) for i in active],
                                          [rows[i].get("guidance") for i in active])
-                for i, hit in zip(list(active), self.judge(images, [rows[i] for i in active]), strict=True):
+                for i, hit in zip(list(active), judge(images, [rows[i] for i in active]), strict=True):
                     if hit:
                         best_tokens[i], success[i] = tokens[i], True
                         active.remove(i)
@@ -193,12 +182,12 @@ class UnlearnDiffAtk(Attack):
             for i in range(n)
         ]
 
-    def run(self, module: RECEModule, rows: list[dict[str, Any]]) -> list[AdversarialInput]:
+    def run(self, target: AttackTarget, rows: list[dict[str, Any]]) -> list[AdversarialInput]:
         # the test stage runs under inference mode; this attack needs gradients
         with torch.inference_mode(False), torch.enable_grad():
             out: list[AdversarialInput] = []
             for begin in range(0, len(rows), self.batch_size):
-                out += self.attack_rows(module, rows[begin : begin + self.batch_size])
+                out += self.attack_rows(target, rows[begin : begin + self.batch_size])
             return out
 
 

@@ -319,7 +319,7 @@ class ImageMetric(L.Callback, ABC):
 
     @staticmethod
     def _run_info(trainer: L.Trainer) -> dict[str, Any]:
-        from rece_lightning import __version__
+        from rece_lightning.version import __version__
 
         return {
             "trainer_fn": str(trainer.state.fn.value) if trainer.state.fn is not None else None,

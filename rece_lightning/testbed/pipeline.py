@@ -16,7 +16,8 @@ import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from PIL import Image
 
-from rece_lightning.export import atomic_dir
+from rece_lightning.files import atomic_dir
+from rece_lightning.generation import generate as generate_images
 
 from .architectures import build_scheduler
 from .text import load_text_encoder, load_tokenizer
@@ -97,8 +98,7 @@ def generate(
     batch_size: int = 64,
 ) -> list[Image.Image]:
     """Generate one image per (prompt, seed) in batches of ``batch_size``; each image depends only on its own seed
-    (:func:`rece_lightning.pipeline.generate` with the testbed's default settings)."""
-    from rece_lightning.pipeline import generate as generate_images
+    (:func:`rece_lightning.generation.generate` with the testbed's default settings)."""
 
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds must have the same length")

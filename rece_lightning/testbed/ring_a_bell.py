@@ -27,6 +27,7 @@ def pairs(concept: str) -> list[tuple[str, str]]:
 
 
 def write_pairs(concept: str, folder: str = PROMPTS_DIR) -> str:
+    """Write the (sensitive, normal) prompt pairs of ``concept`` to ``<folder>/<concept>-ring-a-bell.csv``."""
     path = os.path.join(folder, f"{concept}-ring-a-bell.csv")
     tmp = f"{path}.tmp"
     with open(tmp, "w", newline="", encoding="utf-8") as handle:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler
 from safetensors.torch import save_file
 
-from rece_lightning.export import atomic_dir
+from rece_lightning.files import atomic_dir
 
 from .architectures import build_scheduler, build_unet, build_vae
 from .classifier import AttributeClassifier

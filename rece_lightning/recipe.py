@@ -1,0 +1,218 @@
+"""RECE's recipe as a plain class, with no training framework: UCE, then derive-and-erase iterations.
+
+``Recipe`` holds the model family's text side, the :class:`~rece_lightning.editor.KVEditor` and the settings; each
+stage is one closed-form edit:
+
+* ``uce`` — UCE (Gandikota et al. 2024, eq. 7): every concept's tokens are mapped to its anchor with the official
+  token alignment, preserving ``uce.preserve`` (or the K/V weights of ``uce.weights`` are taken as they are);
+* ``rece-N`` — RECE (Gong et al., ECCV 2024): derive the embedding that still regenerates each concept in the edited
+  model (eq. 8), and erase it towards the anchor preserving ``rece.preserve`` (eq. 9).
+
+Three lines erase a concept from any supported diffusers pipeline::
+
+    from rece_lightning import erase
+    recipe = erase(pipe, concepts=["nudity"])      # the edit is folded into pipe's text-reading layers
+    recipe.editor.restore_original()                # … and undone
+
+:class:`~rece_lightning.module.RECEModule` is the Lightning shell around it (stages as epochs, validation, keep-best,
+checkpoints).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rece_lightning.closed_form import Technique
+from rece_lightning.config import RECEConfig, UCEConfig, as_config, check_choice, check_concepts
+from rece_lightning.cross_attention import check_kv_weights
+from rece_lightning.editor import EditState, KVEditor
+from rece_lightning.errors import RECEError
+from rece_lightning.export import load_kv_weights
+from rece_lightning.family import ModelFamily, family_of
+
+__all__ = ["ORIGINAL", "Recipe", "erase", "read_preserve_csv"]
+
+ORIGINAL = "original"  # the stage name of the unedited model
+
+
+def read_preserve_csv(path: str | Path, column: str) -> list[str]:
+    """The distinct non-empty values of ``column`` in a CSV (e.g. the artists a style erasure preserves)."""
+    p = Path(path)
+    if not p.is_file():
+        raise RECEError(f"preserve_csv {p} does not exist")
+    try:
+        with p.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if column not in (reader.fieldnames or []):
+                raise RECEError(f"{p} has no column {column!r} (columns: {reader.fieldnames})")
+            return list(dict.fromkeys(row[column] for row in reader if row[column]))
+    except UnicodeDecodeError as err:
+        raise RECEError(f"{p} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
+
+
+class Recipe:
+    """RECE (UCE + derive-and-erase iterations) on one pipeline.
+
+    Args:
+        pipeline: a diffusers pipeline of a supported family (:func:`~rece_lightning.family.family_of`).
+        concepts: texts to erase, e.g. ``["nudity"]``.
+        anchor: what each concept is mapped to: one text for all, or one per concept (official default ``" "``).
+        uce: the first edit (a :class:`UCEConfig` or a mapping of its fields).
+        rece: the RECE iterations (a :class:`RECEConfig` or a mapping of its fields).
+        extra_preserve: texts appended to both stages' preserved texts (e.g. other artists); erased concepts are
+            dropped from it.
+        with_to_k: edit the key projections as well as the values.
+        technique: ``replace`` (values of the anchor; one shared map) or ``tensor`` (remove the concept direction).
+
+    Attributes:
+        family: the model-family adapter (text side and text-reading layers).
+        text: the family's text encoder (cached encodings).
+        editor: the edit of the text-reading layers; ``editor.apply()`` folds it into the model.
+        stages: the stage names, ``["uce", "rece-1", …]``.
+        stage: the last stage run (``"original"`` before any).
+    """
+
+    def __init__(
+        self,
+        pipeline: Any,
+        concepts: Sequence[str],
+        anchor: str | Sequence[str] = " ",
+        uce: UCEConfig | dict | None = None,
+        rece: RECEConfig | dict | None = None,
+        extra_preserve: Sequence[str] = (),
+        with_to_k: bool = True,
+        technique: Technique = "replace",
+    ) -> None:
+        self.uce, self.rece = as_config(uce, UCEConfig), as_config(rece, RECEConfig)
+        self.concepts, self.anchors = self.check_settings(concepts, anchor, self.uce, self.rece, technique)
+        erased = {c.lower() for c in self.concepts}
+        self.extra_preserve = [t for t in extra_preserve if t.lower() not in erased]
+        self.stages = ["uce", *(f"rece-{i + 1}" for i in range(self.rece.iterations))]
+        self.stage = ORIGINAL
+
+        self.family: ModelFamily = family_of(pipeline)
+        self.text = self.family.text
+        for text in self.texts():
+            self.text.check(text, "text")
+        self.editor = KVEditor(self.family.text_layers(), with_to_k=with_to_k, technique=technique)
+        if self.uce.weights is not None:
+            source = self.uce.weights
+            self.editor.set_base(check_kv_weights(self.editor.projections, load_kv_weights(source), source))
+
+    @staticmethod
+    def check_settings(concepts: Sequence[str], anchor: str | Sequence[str], uce: UCEConfig, rece: RECEConfig,
+                       technique: str) -> tuple[list[str], list[str]]:
+        """Check the settings that need no model (before a slow pipeline load); returns concepts and anchors."""
+        concepts, anchors = check_concepts(list(concepts), anchor)
+        check_choice("technique", technique, ("replace", "tensor"))
+        targets = rece.derivation_target
+        if targets is not None and len(targets) != len(concepts):
+            raise RECEError(f"rece.derivation_target needs one text per concept ({len(concepts)}), got {len(targets)}")
+        return concepts, anchors
+
+    # ----------------------------------------------------------------------------------------------- texts
+    def uce_preserve(self) -> list[str]:
+        """Texts preserved by the UCE stage."""
+        return [*self.uce.preserve, *self.extra_preserve]
+
+    def rece_preserve(self) -> list[str]:
+        """Texts preserved by each RECE stage (default: one anchor per concept, as the official ``train.py``)."""
+        base = self.anchors if self.rece.preserve is None else self.rece.preserve
+        return [*base, *self.extra_preserve]
+
+    @staticmethod
+    def uce_anchor(text: str) -> str:
+        """The official ``train_uce.py`` replaces an empty anchor by ``" "``."""
+        return " " if text == "" else text
+
+    def texts(self) -> list[str]:
+        """Every text the recipe encodes, so that one batched text-encoder pass serves all stages."""
+        texts = [*self.concepts, *self.anchors, *map(self.uce_anchor, self.anchors)]
+        return texts + [*self.uce_preserve(), *self.rece_preserve(), *(self.rece.derivation_target or [])]
+
+    def _stack(self, texts: list[str]) -> Tensor | None:
+        return torch.cat([self.text.full(t) for t in texts]) if texts else None
+
+    # ---------------------------------------------------------------------------------------------- stages
+    def uce_step(self) -> None:
+        """The first edit: concept → anchor with the official token alignment (UCE ``edit_model``)."""
+        cfg = self.uce
+        if cfg.weights is not None:
+            self.editor.reset()  # the base already holds the given K/V weights
+            return
+        preserve = self.uce_preserve()
+        blocks = [self.text.aligned(c, self.uce_anchor(a)) for c, a in zip(self.concepts, self.anchors, strict=True)]
+        self.editor.erase(blocks, self._stack(preserve), lamb=cfg.lamb, erase_scale=cfg.erase_scale,
+                          preserve_scale=cfg.scale_of_preserve(len(preserve)))
+
+    def derive(self) -> list[Tensor]:
+        """Every concept's embedding that still regenerates it against the current edit (RECE eq. 8)."""
+        cfg = self.rece
+        targets = cfg.derivation_target or self.anchors
+        return self.editor.derive(
+            [self.text.full(concept) for concept in self.concepts],
+            gamma=cfg.gamma,
+            variant=cfg.derivation,
+            targets=[self.text.full(t) for t in targets] if cfg.derivation == "standard" else None,
+            surrogate_item=cfg.surrogate_item,
+        )
+
+    def rece_step(self) -> list[Tensor]:
+        """One RECE iteration (official ``train.py`` epoch): derive every concept's adversarial embedding, then
+        erase all of them (all token rows) towards the anchors. Returns the derived embeddings."""
+        cfg = self.rece
+        derived = self.derive()
+        blocks = [(emb, self.text.full(anchor)) for emb, anchor in zip(derived, self.anchors, strict=True)]
+        self.editor.erase(blocks, self._stack(self.rece_preserve()), lamb=cfg.lamb, erase_scale=cfg.erase_scale,
+                          preserve_scale=cfg.preserve_scale)
+        return derived
+
+    def run(self, stage: str, apply: bool = True) -> None:
+        """Run ``stage`` on top of the stages before it; fold the edit into the model if ``apply``."""
+        if stage not in self.stages:
+            raise RECEError(f"unknown stage {stage!r}; the recipe's stages are {self.stages}")
+        expected = self.stages[self.stages.index(stage) - 1] if stage != self.stages[0] else ORIGINAL
+        if self.stage != expected:
+            raise RECEError(f"stage {stage!r} runs after {expected!r}, but the recipe is at {self.stage!r}")
+        self.text.encode(self.texts())  # one batch; cached after the first stage
+        if stage == "uce":
+            self.uce_step()
+        else:
+            self.rece_step()
+        self.stage = stage
+        if apply:
+            self.editor.apply()
+
+    def erase(self) -> KVEditor:
+        """Run every remaining stage and fold the result into the model once; returns the editor."""
+        start = 0 if self.stage == ORIGINAL else self.stages.index(self.stage) + 1
+        for stage in self.stages[start:]:
+            self.run(stage, apply=False)
+        self.editor.apply()
+        return self.editor
+
+    def restore(self, stage: str, state: EditState) -> None:
+        """Go back (or forward) to a saved ``stage`` and its edit state, folded into the model."""
+        if stage != ORIGINAL and stage not in self.stages:
+            raise RECEError(f"unknown stage {stage!r}; the recipe's stages are {self.stages}")
+        self.editor.restore_snapshot(state)
+        self.stage = stage
+        self.editor.apply()
+
+
+def erase(pipeline: Any, concepts: Sequence[str], anchor: str | Sequence[str] = " ", **settings: Any) -> Recipe:
+    """Erase ``concepts`` from ``pipeline`` with the whole recipe (UCE + RECE iterations), folded into its weights.
+
+    ``settings`` are :class:`Recipe`'s other arguments (``uce``, ``rece``, ``with_to_k``, …); the defaults are the
+    official RECE settings. Returns the recipe: ``recipe.editor`` exports (:func:`~rece_lightning.export.export_edit`)
+    or undoes (``restore_original()``) the edit.
+    """
+    recipe = Recipe(pipeline, concepts, anchor, **settings)
+    recipe.erase()
+    return recipe

@@ -1,0 +1,138 @@
+"""The package's shape: no import circles, a light `import rece_lightning`, documented public names, small files."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+PACKAGE = REPO / "rece_lightning"
+# files allowed past ~350 lines, each with its reason
+LONG_FILES = {
+    "editor.py": "the editor keeps the weights, the edit state, the RECE sums and the exports of one edit together",
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Every import of a package module by a package module, wherever it stands (top level, inside functions, under
+    ``TYPE_CHECKING``): ``from a import b`` names the module ``a.b`` when it is one, else ``a``."""
+    modules = _modules()
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                    base = f"{anchor}.{base}" if base else anchor
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            else:
+                continue
+            graph[name] |= {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of ``graph`` (depth-first search), or ``None``."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_cycle_finder_finds_a_circle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_import_graph_has_no_circles():
+    graph = import_graph()
+    assert "rece_lightning.module" in graph["rece_lightning.cli"]  # the graph sees real edges
+    assert find_cycle(graph) is None, f"import circle: {' -> '.join(find_cycle(graph))}"
+
+
+@pytest.mark.parametrize("module", ["rece_lightning", "rece_lightning.closed_form", "rece_lightning.export",
+                                    "rece_lightning.recipe", "rece_lightning.files"])
+def test_light_modules_do_not_import_lightning(module):
+    code = f"import sys, {module}; print(sorted(m for m in ('lightning', 'pytorch_lightning') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
+
+
+def test_lazy_names_resolve():
+    import rece_lightning
+
+    for name in rece_lightning.__all__:
+        assert getattr(rece_lightning, name) is not None
+
+
+def _public_definitions(tree: ast.Module):
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.ClassDef) and not node.name.startswith("_"):
+            yield node.name, node
+            if isinstance(node, ast.ClassDef):
+                for item in node.body:
+                    if isinstance(item, ast.FunctionDef) and not item.name.startswith("_"):
+                        overrides = any(isinstance(d, ast.Name) and d.id == "override" for d in item.decorator_list)
+                        if not overrides and not item.name.startswith(("on_", "training_", "validation_", "test_",
+                                                                        "predict_", "configure_", "setup",
+                                                                        "teardown", "state_dict", "load_state_dict",
+                                                                        "add_arguments_to_parser")) and not \
+                                item.name.endswith("_dataloader"):
+                            yield f"{node.name}.{item.name}", item
+
+
+# methods that implement an interface documented on its base class (Attack, ImageMetric, ModelFamily, nn.Module)
+INTERFACE = {"run", "score", "summarize", "protocol", "prepare", "success", "matches", "forward"}
+
+
+def test_every_public_name_is_documented():
+    """Modules, public classes, functions and methods carry a docstring (Lightning's hooks excepted: their meaning
+    is Lightning's; and the implementations of a documented interface)."""
+    missing = []
+    for name, path in sorted(_modules().items()):
+        tree = ast.parse(path.read_text())
+        if ast.get_docstring(tree) is None:
+            missing.append(name)
+        for qualname, node in _public_definitions(tree):
+            if ast.get_docstring(node) is None and node.name not in INTERFACE:
+                missing.append(f"{name}.{qualname}")
+    assert not missing, f"undocumented: {missing}"
+
+
+def test_files_stay_small():
+    long = {p.name: n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 360}
+    unexplained = {name: n for name, n in long.items() if name not in LONG_FILES}
+    assert not unexplained, f"files over ~350 lines without a reason in LONG_FILES: {unexplained}"
