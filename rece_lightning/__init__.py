@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from rece_lightning.version import __version__
 
 _EXPORTS = {
-    "EditState": "editor",
+    "EditState": "edit_state",
     "GenerationConfig": "config",
     "KVEditor": "editor",
     "PromptDataset": "data",
@@ -70,7 +70,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from rece_lightning.config import GenerationConfig, RECEConfig, UCEConfig
     from rece_lightning.data import PromptDataset, RECEDataModule, read_prompts
-    from rece_lightning.editor import EditState, KVEditor
+    from rece_lightning.edit_state import EditState
+    from rece_lightning.editor import KVEditor
     from rece_lightning.errors import RECEError
     from rece_lightning.export import apply_edit_map, export_edit, load_edit_map, load_kv_into, load_kv_weights
     from rece_lightning.module import RECEModule

@@ -43,6 +43,8 @@ Technique = Literal["replace", "tensor"]  # UCE values: the anchor's ("replace")
 
 __all__ = [
     "ClosedFormError",
+    "add_gram_upper",
+    "mirror_upper",
     "congruence_update",
     "Derivation",
     "SurrogateItem",
@@ -314,3 +316,24 @@ def low_rank_factors(delta: Tensor, *, rtol: float = 1e-10) -> tuple[Tensor, Ten
         return u[:, :0], vh[:0].T
     rank = int((s > rtol * s[0]).sum())
     return u[:, :rank] * s[:rank], vh[:rank].T
+
+
+GRAM_BLOCKS = 3
+
+
+def add_gram_upper(out: Tensor, weight: Tensor) -> None:
+    """Add the upper block triangle of ``WᵀW`` to ``out`` (float64): ``GRAM_BLOCKS`` column blocks, each multiplied
+    only with itself and the blocks to its right, so ~2/3 of the products of a full ``WᵀW``. Complete the result
+    with :func:`mirror_upper` after the last layer."""
+    d = weight.shape[1]
+    step = -(-d // GRAM_BLOCKS)
+    for start in range(0, d, step):
+        out[start : start + step, start:] += (weight[:, start : start + step].T @ weight[:, start:]).double()
+
+
+def mirror_upper(gram: Tensor) -> None:
+    """Copy the block upper triangle written by :func:`add_gram_upper` into the lower one (in place)."""
+    d = gram.shape[0]
+    step = -(-d // GRAM_BLOCKS)
+    for start in range(step, d, step):
+        gram[start : start + step, :start] = gram[:start, start : start + step].T

@@ -23,51 +23,8 @@ from torch import Tensor, nn
 from rece_lightning import closed_form
 from rece_lightning.closed_form import Technique
 from rece_lightning.cross_attention import Kind, Projection, find_projections, write_weights
+from rece_lightning.edit_state import KINDS, EditState, Steps
 from rece_lightning.errors import RECEError
-
-KINDS: tuple[Kind, Kind] = ("to_k", "to_v")
-Steps = tuple[tuple[Tensor, Tensor], ...]
-
-
-@dataclass(frozen=True)
-class EditState:
-    """An edit on top of the base weights: what snapshots and checkpoints hold. Never changed in place.
-
-    Attributes:
-        maps: the text-side map ``T`` (float64, d × d) per projection kind, ``W_edited = W_base T``.
-        layer_weights: the edited weights per projection (float64) for the general ("tensor") path, else ``None``.
-        steps: the low-rank steps ``(X, Y)``, ``Tᵢ = I + X Yᵀ``, that made ``maps`` from the identity, in order;
-            ``None`` when unknown (a state read from a checkpoint).
-    """
-
-    maps: Mapping[Kind, Tensor]
-    layer_weights: Mapping[str, Tensor] | None = None
-    steps: Steps | None = ()
-
-    def to(self, device: torch.device) -> EditState:
-        """The same state with every tensor on ``device``."""
-        layers = self.layer_weights
-        steps = self.steps
-        return EditState(
-            maps={k: v.to(device) for k, v in self.maps.items()},
-            layer_weights=None if layers is None else {k: v.to(device) for k, v in layers.items()},
-            steps=None if steps is None else tuple((x.to(device), y.to(device)) for x, y in steps),
-        )
-
-    def tensors(self) -> dict[str, Tensor]:
-        """The state as named CPU tensors (``maps.<kind>``, ``layers.<key>``), e.g. for a checkpoint."""
-        out = {f"maps.{k}": v.detach().cpu() for k, v in self.maps.items()}
-        out.update({f"layers.{k}": v.detach().cpu() for k, v in (self.layer_weights or {}).items()})
-        return out
-
-    @classmethod
-    def from_tensors(cls, tensors: Mapping[str, Tensor]) -> EditState:
-        """Inverse of :meth:`tensors` (the steps are unknown)."""
-        maps = {k.removeprefix("maps."): v for k, v in tensors.items() if k.startswith("maps.")}
-        layers = {k.removeprefix("layers."): v for k, v in tensors.items() if k.startswith("layers.")}
-        if set(maps) != set(KINDS):
-            raise RECEError(f"an edit state needs the maps {list(KINDS)}, got {sorted(maps)}")
-        return cls(maps=maps, layer_weights=layers or None, steps=None)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -235,7 +192,7 @@ class KVEditor:
 
         The per-layer products run in float64, except for lower-precision weights on a CPU, where float32 halves the
         cost (~1e-7 relative error, far below the 1e-3 the edits are checked to); the symmetric ``Σ W_baseᵀ W_base``
-        is built from its block upper triangle (:func:`_add_gram`).
+        is built from its block upper triangle (:func:`~rece_lightning.closed_form.add_gram_upper`).
         """
         if self._grams is not None and self._grams.base is self.base:
             return self._grams.value
@@ -249,10 +206,10 @@ class KVEditor:
                 if p.kind != kind:
                     continue
                 w_b = self.base[p.key].to(work)
-                _add_gram(bb, w_b)
+                closed_form.add_gram_upper(bb, w_b)
                 if not self.base_is_original:
                     b0 += (w_b.T @ self.original[p.key].to(work)).double()
-            _mirror_upper(bb)
+            closed_form.mirror_upper(bb)
             grams[kind] = (bb, b0)
         self._grams = _Cached(self.base, None, grams)
         return grams
@@ -432,24 +389,3 @@ class KVEditor:
                 b, v = closed_form.low_rank_factors(current[p.key] - w0, rtol=rtol)
                 out[p.key] = (b, v.T.contiguous())
         return out
-
-
-GRAM_BLOCKS = 3
-
-
-def _add_gram(out: Tensor, weight: Tensor) -> None:
-    """Add the upper block triangle of ``WᵀW`` to ``out`` (float64): ``GRAM_BLOCKS`` column blocks, each multiplied
-    only with itself and the blocks to its right, so ~2/3 of the products of a full ``WᵀW``. Complete the result
-    with :func:`_mirror_upper` after the last layer."""
-    d = weight.shape[1]
-    step = -(-d // GRAM_BLOCKS)
-    for start in range(0, d, step):
-        out[start : start + step, start:] += (weight[:, start : start + step].T @ weight[:, start:]).double()
-
-
-def _mirror_upper(gram: Tensor) -> None:
-    """Copy the block upper triangle written by :func:`_add_gram` into the lower one (in place)."""
-    d = gram.shape[0]
-    step = -(-d // GRAM_BLOCKS)
-    for start in range(step, d, step):
-        gram[start : start + step, :start] = gram[:start, start : start + step].T

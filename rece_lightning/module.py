@@ -27,7 +27,8 @@ from rece_lightning.callbacks.metric import ImageMetric
 from rece_lightning.closed_form import Technique
 from rece_lightning.config import GenerationConfig, RECEConfig, UCEConfig, as_config, check_choice
 from rece_lightning.cross_attention import check_kv_weights
-from rece_lightning.editor import EditState, KVEditor
+from rece_lightning.edit_state import EditState
+from rece_lightning.editor import KVEditor
 from rece_lightning.errors import RECEError
 from rece_lightning.generation import generate
 from rece_lightning.image_store import ImageStore, fingerprint

@@ -31,7 +31,8 @@ from torch import Tensor
 from rece_lightning.closed_form import Technique
 from rece_lightning.config import RECEConfig, UCEConfig, as_config, check_choice, check_concepts
 from rece_lightning.cross_attention import check_kv_weights
-from rece_lightning.editor import EditState, KVEditor
+from rece_lightning.edit_state import EditState
+from rece_lightning.editor import KVEditor
 from rece_lightning.errors import RECEError
 from rece_lightning.export import load_kv_weights
 from rece_lightning.family import ModelFamily, family_of

@@ -9,7 +9,8 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from rece_lightning.data import RECEDataModule
-from rece_lightning.editor import EditState, KVEditor
+from rece_lightning.edit_state import EditState
+from rece_lightning.editor import KVEditor
 from rece_lightning.errors import RECEError
 from rece_lightning.export import export_edit
 from rece_lightning.module import RECEModule

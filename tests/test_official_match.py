@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from rece_lightning.editor import EditState
+from rece_lightning.edit_state import EditState
 from rece_lightning.module import RECEModule
 from tests import official_reference as official
 

@@ -1,0 +1,58 @@
+"""The state of an edit, as snapshots and checkpoints hold it: immutable, so keeping one costs nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from rece_lightning.cross_attention import Kind
+from rece_lightning.errors import RECEError
+
+__all__ = ["KINDS", "EditState", "Steps"]
+
+KINDS: tuple[Kind, Kind] = ("to_k", "to_v")
+Steps = tuple[tuple[Tensor, Tensor], ...]
+
+
+@dataclass(frozen=True)
+class EditState:
+    """An edit on top of the base weights: what snapshots and checkpoints hold. Never changed in place.
+
+    Attributes:
+        maps: the text-side map ``T`` (float64, d × d) per projection kind, ``W_edited = W_base T``.
+        layer_weights: the edited weights per projection (float64) for the general ("tensor") path, else ``None``.
+        steps: the low-rank steps ``(X, Y)``, ``Tᵢ = I + X Yᵀ``, that made ``maps`` from the identity, in order;
+            ``None`` when unknown (a state read from a checkpoint).
+    """
+
+    maps: Mapping[Kind, Tensor]
+    layer_weights: Mapping[str, Tensor] | None = None
+    steps: Steps | None = ()
+
+    def to(self, device: torch.device) -> EditState:
+        """The same state with every tensor on ``device``."""
+        layers = self.layer_weights
+        steps = self.steps
+        return EditState(
+            maps={k: v.to(device) for k, v in self.maps.items()},
+            layer_weights=None if layers is None else {k: v.to(device) for k, v in layers.items()},
+            steps=None if steps is None else tuple((x.to(device), y.to(device)) for x, y in steps),
+        )
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The state as named CPU tensors (``maps.<kind>``, ``layers.<key>``), e.g. for a checkpoint."""
+        out = {f"maps.{k}": v.detach().cpu() for k, v in self.maps.items()}
+        out.update({f"layers.{k}": v.detach().cpu() for k, v in (self.layer_weights or {}).items()})
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, Tensor]) -> EditState:
+        """Inverse of :meth:`tensors` (the steps are unknown)."""
+        maps = {k.removeprefix("maps."): v for k, v in tensors.items() if k.startswith("maps.")}
+        layers = {k.removeprefix("layers."): v for k, v in tensors.items() if k.startswith("layers.")}
+        if set(maps) != set(KINDS):
+            raise RECEError(f"an edit state needs the maps {list(KINDS)}, got {sorted(maps)}")
+        return cls(maps=maps, layer_weights=layers or None, steps=None)  # type: ignore[arg-type]
