@@ -318,13 +318,13 @@ class RECEModule(L.LightningModule):
         keys = {f"unet.{p.key}" for p in self.editor.projections}
         weights = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
         checkpoint["state_dict"] = weights
-        state = self.editor.state.tensors()
-        checkpoint["rece"] = {
-            "stage": self.stage,
-            "state": state,
-            "sha256": tensor_sha256({**weights, **{f"rece.{k}": v for k, v in state.items()}}),
-            "base": base_fingerprint(self.editor.original),
-        }
+        rece: dict[str, Any] = {"stage": self.stage, "state": self.editor.state.tensors()}
+        if self._best is not None:  # keep-best survives an interrupted run
+            score, stage, state = self._best
+            rece["best"] = {"score": score, "stage": stage, "state": state.tensors()}
+        rece["sha256"] = tensor_sha256({**weights, **_edit_tensors(rece)})
+        rece["base"] = base_fingerprint(self.editor.original)
+        checkpoint["rece"] = rece
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         rece = checkpoint.get("rece")
@@ -332,8 +332,18 @@ class RECEModule(L.LightningModule):
             raise RECEError("the checkpoint holds no RECE edit (it was not written by this version of rece fit); "
                             "pass a checkpoint from <run>/checkpoints/")
         weights = {k: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("unet.")}
-        check_sha256({**weights, **{f"rece.{k}": v for k, v in rece["state"].items()}}, rece["sha256"], "the checkpoint")
+        check_sha256({**weights, **_edit_tensors(rece)}, rece["sha256"], "the checkpoint")
         check_base(rece["base"], self.editor.original, "the checkpoint")
         check_kv_weights(self.editor.projections, {k.removeprefix("unet."): v for k, v in weights.items()},
                          "the checkpoint")
         self.recipe.restore(rece["stage"], EditState.from_tensors(rece["state"]))
+        best = rece.get("best")
+        self._best = None if best is None else (best["score"], best["stage"], EditState.from_tensors(best["state"]))
+
+
+def _edit_tensors(rece: dict[str, Any]) -> dict[str, Tensor]:
+    """The tensors of a checkpoint's edit section (current state and kept best), named for hashing."""
+    tensors = {f"rece.{k}": v for k, v in rece["state"].items()}
+    if rece.get("best") is not None:
+        tensors.update({f"rece.best.{k}": v for k, v in rece["best"]["state"].items()})
+    return tensors
