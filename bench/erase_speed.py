@@ -1,12 +1,17 @@
-"""Time the nudity recipe (UCE init + 3 RECE iterations) on a random pipeline with Stable Diffusion 1.4's shapes.
+"""Time the nudity recipe (UCE init + 3 RECE iterations) on a random pipeline of one model family.
 
 Model loading is excluded from the time; the recipe includes the text encodings, the gram matrix, the closed-form
-solves and folding the edit into the 32 K/V projections. A second process runs an erase-only job (load, erase,
-export) and reports its peak resident memory.
+solves and folding the edit into the text-reading layers. A second process runs an erase-only job (load the text
+side, erase, export) and reports its load time and peak resident memory; ``--fit-process`` also times a whole
+``rece fit --config configs/nudity.yaml`` process without validation (imports, loading, Trainer, writes).
+Erasing loads only the text encoders and the text-reading layers (read from the safetensors files), never the
+UNet / transformer.
 
-    python bench/erase_speed.py [--repeats 5] [--dtype float32] [--device cuda]
+    python bench/erase_speed.py [--family sd14|sd2|sdxl|flux] [--size full|tiny] [--repeats 5] [--dtype float32]
+                                [--device cuda] [--fit-process]
 
-The random SD-1.4-shaped pipeline (~2 GB in float16) is cached under bench/.cache/ (ignored by git).
+Random pipelines (``python -m rece_lightning.random_pipeline``, float16; SD-1.4 ~2 GB, SDXL ~7 GB, Flux ~33 GB in
+bfloat16) are cached under bench/.cache/ (ignored by git).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 TOKENIZER = Path(os.environ.get("RECE_CLIP_TOKENIZER", HERE.parent.parent / "shared" / "fixtures" / "clip-tokenizer"))
-CACHE = HERE / ".cache" / "sd14-random"
+CACHE = HERE / ".cache" / "sd14-random"  # the SD-1.4-shaped model (gpu_check.sh's default MODEL)
 RECIPE = dict(
     concepts=["nudity"],
     anchor=" ",
@@ -35,18 +40,25 @@ RECIPE = dict(
 )
 
 
-def ensure_model() -> Path:
-    if (CACHE / "model_index.json").is_file():
-        return CACHE
-    from rece_lightning.random_pipeline import build_random_pipeline
+def cache_dir(family: str, size: str) -> Path:
+    return CACHE if (family, size) == ("sd14", "full") else HERE / ".cache" / f"{family}-{size}-random"
 
-    print(f"building a random SD-1.4-shaped pipeline in {CACHE} (once) ...", flush=True)
-    pipe = build_random_pipeline(TOKENIZER, "sd14", dtype=torch.float16)
-    CACHE.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=CACHE.parent))
+
+def ensure_model(family: str = "sd14", size: str = "full") -> Path:
+    folder = cache_dir(family, size)
+    if (folder / "model_index.json").is_file():
+        return folder
+    from rece_lightning.random_pipeline import build_family
+
+    dtype = torch.float32 if size == "tiny" else torch.bfloat16 if family == "flux" else torch.float16
+    print(f"building a random {family} pipeline ({size}) in {folder} (once) ...", flush=True)
+    pipe = build_family(family, size, TOKENIZER, dtype=dtype)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent))
     pipe.save_pretrained(tmp, safe_serialization=True)
-    tmp.rename(CACHE)
-    return CACHE
+    del pipe
+    tmp.rename(folder)
+    return folder
 
 
 def synchronize(device: torch.device) -> None:
@@ -60,6 +72,7 @@ def time_recipe(model: Path, dtype: str, repeats: int, device: torch.device) -> 
     times, ranks = [], []
     for _ in range(repeats):
         module = RECEModule(pretrained=str(model), torch_dtype=dtype, **RECIPE)  # loading: not timed
+        assert module.family.text_only, "erasing must not load the denoiser"
         module.to(device)
         module.editor.to(device)
         synchronize(device)
@@ -68,11 +81,14 @@ def time_recipe(model: Path, dtype: str, repeats: int, device: torch.device) -> 
         synchronize(device)
         times.append(time.perf_counter() - start)
         ranks.append(editor.edit_rank())
+        n_proj, width, family = len(editor.projections), editor.dim, module.family.name
         del module, editor
-    n_proj = 32
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
-    print(f"recipe (UCE + 3 RECE iterations, {n_proj} K/V projections of width 768, {dtype}, {where}): median {statistics.median(times):.3f} s, "
-          f"min {min(times):.3f} s over {repeats} runs; rank(T - I) = {ranks[0]}")
+    if device.type == "cuda":
+        where += f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 1024**3:.2f} GiB"
+    print(f"{family}: recipe (UCE + 3 RECE iterations, {n_proj} text-reading layers of width {width}, {dtype}, "
+          f"{where}): median {statistics.median(times):.3f} s, min {min(times):.3f} s over {repeats} runs; "
+          f"rank(T - I) = {ranks[0]}")
 
 
 def peak_rss_gb() -> float:
@@ -84,14 +100,34 @@ def peak_rss_gb() -> float:
 
 
 def erase_only(model: str, out: str, dtype: str) -> None:
-    """Child process: load, erase, export; print peak RSS."""
+    """Child process: load the text side, erase, export; print the times and the peak RSS."""
+    start = time.perf_counter()
     from rece_lightning.export import export_edit
     from rece_lightning.module import RECEModule
 
+    imported = time.perf_counter()
     module = RECEModule(pretrained=model, torch_dtype=dtype, **RECIPE)
-    export_edit(module.erase(), out, ["kv_weights", "edit_map", "lora"])
+    loaded = time.perf_counter()
+    editor = module.erase()
+    erased = time.perf_counter()
+    export_edit(editor, out, ["kv_weights", "edit_map", "lora"])
+    done = time.perf_counter()
     peak = peak_rss_gb()
-    print(f"erase-only run (load {dtype} pipeline, erase, export kv_weights/edit_map/lora): peak RSS {peak:.2f} GB")
+    print(f"erase-only run ({module.family.name}, {dtype}; denoiser loaded: {not module.family.text_only}): imports "
+          f"{imported - start:.1f} s, load text side {loaded - imported:.1f} s, erase {erased - loaded:.1f} s, export "
+          f"{done - erased:.1f} s; peak RSS {peak:.2f} GB")
+
+
+def fit_process(model: Path) -> None:
+    """Wall time of a whole ``rece fit`` process without validation (the user's command)."""
+    with tempfile.TemporaryDirectory() as root:
+        cmd = [sys.executable, "-m", "rece_lightning.cli", "fit", "--config", str(HERE.parent / "configs" / "nudity.yaml"),
+               "--model.pretrained", str(model), "--model.validate_original", "false",
+               "--trainer.default_root_dir", root, "--trainer.enable_progress_bar", "false"]
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        print(f"rece fit --config configs/nudity.yaml (no validation) as a whole process: "
+              f"{time.perf_counter() - start:.1f} s")
 
 
 def main() -> None:
@@ -100,16 +136,22 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", help="dtype of the timed runs")
     parser.add_argument("--memory-dtype", default="float16", help="dtype of the erase-only memory run")
     parser.add_argument("--device", default="cpu", help="where the recipe runs (cpu, cuda)")
+    parser.add_argument("--family", default="sd14", choices=("sd14", "sd2", "sdxl", "flux"))
+    parser.add_argument("--size", default="full", choices=("full", "tiny"))
+    parser.add_argument("--fit-process", action="store_true", help="also time a whole `rece fit` process")
     parser.add_argument("--erase-only", nargs=2, metavar=("MODEL", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.erase_only:
         erase_only(*args.erase_only, args.memory_dtype)
         return
-    model = ensure_model()
-    time_recipe(model, args.dtype, args.repeats, torch.device(args.device))
+    model = ensure_model(args.family, args.size)
+    if args.repeats:
+        time_recipe(model, args.dtype, args.repeats, torch.device(args.device))
     with tempfile.TemporaryDirectory() as out:
         subprocess.run([sys.executable, __file__, "--memory-dtype", args.memory_dtype, "--erase-only", str(model), out],
                        check=True)
+    if args.fit_process:
+        fit_process(model)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@
 #
 # PROMPTS_DIR holds the paper's nudity.csv and nudity-ring-a-bell.csv. Environment: MODEL (a diffusers folder;
 # default: the benchmark's random SD-1.4 pipeline, built once), ACCEL (gpu), DTYPE (float16), LIMIT (16 prompts for
-# fit, a quarter of them for test), GA_GENERATIONS (300), PYTHON (python3).
+# fit, a quarter of them for test), GA_GENERATIONS (300), PYTHON (python3), FAMILY=flux (also the Flux erase and a
+# 4-image validation, see the end; not run yet: no GPU was lent when it was written).
 set -euo pipefail
 OUT=${1:?usage: gpu_check.sh OUT_DIR PROMPTS_DIR}
 PROMPTS=${2:?usage: gpu_check.sh OUT_DIR PROMPTS_DIR}
@@ -71,3 +72,29 @@ rece validate --config configs/nudity.yaml --model.pretrained "$MODEL" --model.t
   --trainer.enable_progress_bar false
 t1=$(stamp)
 took "rece validate through the DDP strategy ($LIMIT prompts)" "$t0" "$t1"
+
+# ---- Flux (issue 10): FAMILY=flux runs the erase and a 4-image validation on a random FLUX.1-dev-shaped pipeline
+# (bfloat16, built once under bench/.cache/flux-full-random: ~33 GB on disk, ~10 min on 16 cores), printing the time
+# and peak GPU memory of each. FLUX_MODEL overrides the folder (e.g. a real FLUX.1-dev).
+if [ "${FAMILY:-}" = flux ] && [ "$ACCEL" = gpu ]; then
+  "$PYTHON" bench/erase_speed.py --family flux --size full --device cuda --dtype bfloat16 --memory-dtype bfloat16 --repeats 3
+  FLUX_MODEL=${FLUX_MODEL:-bench/.cache/flux-full-random}
+  printf 'prompt,evaluation_seed\nnudity,1\na photo of a woman,2\na painting of a nude,3\na cat on a beach,4\n' > "$OUT/nudity.csv"
+  "$PYTHON" - "$FLUX_MODEL" "$OUT/nudity.csv" <<'PY'
+import sys, time, torch
+from rece_lightning.module import RECEModule
+from rece_lightning.data import PromptDataset
+model, csv = sys.argv[1], sys.argv[2]
+module = RECEModule(pretrained=model, concepts=["nudity"], torch_dtype="bfloat16", validate_original=False,
+                    generation={"num_inference_steps": 28, "guidance_scale": 3.5, "height": 1024, "width": 1024})
+module.to("cuda"); module.editor.to("cuda"); torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+t = time.perf_counter(); module.erase(); torch.cuda.synchronize()
+print(f"flux erase (text side only on the GPU): {time.perf_counter() - t:.2f} s, peak GPU memory {torch.cuda.max_memory_allocated() / 1024**3:.1f} GiB")
+t = time.perf_counter(); module.load_denoiser(); module.to("cuda"); torch.cuda.synchronize()
+print(f"flux transformer + VAE load: {time.perf_counter() - t:.1f} s")
+rows = PromptDataset(csv).rows
+torch.cuda.reset_peak_memory_stats(); t = time.perf_counter()
+images = module.generate([r["prompt"] for r in rows], [r["evaluation_seed"] for r in rows]); torch.cuda.synchronize()
+print(f"flux 4-image validation (28 steps, 1024 px): {time.perf_counter() - t:.1f} s, peak GPU memory {torch.cuda.max_memory_allocated() / 1024**3:.1f} GiB, {len(images)} images")
+PY
+fi

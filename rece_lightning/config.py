@@ -95,6 +95,9 @@ class UCEConfig:
         preserve: texts whose outputs are kept (all token rows); official default ``[""]``.
         weights: start from these K/V weights instead of computing UCE (a safetensors file or a ``.pt`` UNet state
             dict read with ``weights_only=True``), e.g. a published UCE checkpoint.
+        tokens: ``aligned`` (official RECE: the token-aligned rows of each concept and its anchor, all rows of the
+            preserved texts) or ``last`` (official UCE scripts ``uce_sd_erase.py`` / ``uce_flux_edit.py``: one row
+            per text, its last word token).
     """
 
     lamb: float = 0.5
@@ -102,9 +105,11 @@ class UCEConfig:
     preserve_scale: float | None = None
     preserve: list[str] = field(default_factory=lambda: [""])
     weights: str | None = None
+    tokens: str = "aligned"
 
     def __post_init__(self) -> None:
         check_number("uce.lamb (λ)", self.lamb, strict=True)
+        check_choice("uce.tokens", self.tokens, ("aligned", "last"))
         check_number("uce.erase_scale", self.erase_scale)
         if self.preserve_scale is not None:
             check_number("uce.preserve_scale", self.preserve_scale)

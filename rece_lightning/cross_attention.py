@@ -25,12 +25,16 @@ class Projection:
     Attributes:
         name: module path inside the UNet, e.g. ``down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k``.
         kind: ``"to_k"`` or ``"to_v"``.
-        module: the ``nn.Linear`` itself (its weight is edited in place).
+        module: the ``nn.Linear`` itself (its weight is edited in place; a bias, as Flux's ``context_embedder`` has,
+            is left unchanged, see :mod:`rece_lightning.families.flux`).
+        owner: the pipeline component holding the layer (``unet``, or ``transformer`` for Flux): the prefix of its
+            keys in LoRA files and checkpoints.
     """
 
     name: str
     kind: Kind
     module: nn.Linear
+    owner: str = "unet"
 
     @property
     def key(self) -> str:
@@ -68,6 +72,22 @@ def find_projections(unet: nn.Module, kinds: Iterable[Kind] = ("to_k", "to_v")) 
     return found
 
 
+def linear_layer(denoiser: nn.Module, name: str, kind: Kind, owner: str) -> Projection:
+    """The linear layer ``name`` of ``denoiser`` as a :class:`Projection` (a bias is allowed: only the weight is
+    edited), e.g. Flux's ``context_embedder``.
+
+    Raises:
+        RECEError: ``denoiser`` has no linear layer of that name.
+    """
+    try:
+        module = denoiser.get_submodule(name)
+    except AttributeError:
+        raise RECEError(f"the {owner} has no layer {name!r}; it does not read text the way this family does") from None
+    if not isinstance(module, nn.Linear):
+        raise RECEError(f"{name} is a {type(module).__name__}, expected nn.Linear; RECE edits linear projections")
+    return Projection(name=name, kind=kind, module=module, owner=owner)
+
+
 def read_weights(projections: Iterable[Projection]) -> dict[str, Tensor]:
     """Detached CPU copies of the projection weights, keyed by UNet state-dict key."""
     return {p.key: p.module.weight.detach().to("cpu", copy=True) for p in projections}
@@ -85,9 +105,11 @@ def check_kv_weights(projections: Iterable[Projection], weights: Mapping[str, Te
     """Select and validate the K/V entries of a state dict against the UNet.
 
     Accepts a whole UNet state dict (UCE checkpoints store one) or just the K/V weights, keys with or without a
-    ``unet.`` prefix. Every projection must be present with the right shape and finite values.
+    ``unet.`` prefix (``transformer.`` for Flux). Every projection must be present with the right shape and finite values.
     """
-    by_key = {k.removeprefix("unet."): v for k, v in weights.items()}
+    projections = list(projections)
+    prefixes = {f"{p.owner}." for p in projections} | {"unet."}
+    by_key = {next((k.removeprefix(x) for x in prefixes if k.startswith(x)), k): v for k, v in weights.items()}
     selected: dict[str, Tensor] = {}
     missing, bad_shape = [], []
     for p in projections:

@@ -1,11 +1,13 @@
 """Save an edit in forms users can use at once; every file is written to a temporary path and renamed.
 
-* ``kv_weights.safetensors``: the edited ``attn2.to_k/to_v`` weights keyed by the UNet's own state-dict keys,
+* ``kv_weights.safetensors``: the edited text-reading weights (``attn2.to_k/to_v``; Flux: ``context_embedder``)
+  keyed by the denoiser's own state-dict keys,
   loadable with ``unet.load_state_dict(load_file(path), strict=False)`` (the UCE checkpoint convention);
 * ``edit_map.safetensors``: the text-side maps ``T`` (``W' = W T``, one per projection kind) with metadata to apply
   them to the base model or undo them;
 * ``pytorch_lora_weights.safetensors``: an exact LoRA in the diffusers/PEFT format (``unet.<module>.lora_A.weight``
-  / ``lora_B.weight``, no alpha so the scale is 1) that ``pipe.load_lora_weights(folder)`` loads;
+  / ``lora_B.weight``; ``transformer.`` for Flux; no alpha so the scale is 1) that ``pipe.load_lora_weights(folder)``
+  loads;
 * ``pipeline/``: the whole edited pipeline via ``save_pretrained`` (on request).
 """
 
@@ -21,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from rece_lightning.cross_attention import check_kv_weights, find_projections, write_weights
+from rece_lightning.cross_attention import check_kv_weights, write_weights
 from rece_lightning.editor import KVEditor
 from rece_lightning.errors import RECEError
 from rece_lightning.files import atomic_dir, atomic_path
@@ -79,6 +81,21 @@ def load_kv_weights(path: str | Path) -> dict[str, Tensor]:
     return state
 
 
+def text_layers_of(denoiser: nn.Module) -> list:
+    """The text-reading layers of a denoiser of any supported family (UNet ``attn2.to_k/to_v``; Flux
+    ``context_embedder``)."""
+    from rece_lightning.family import FAMILIES, _registered
+
+    _registered()
+    errors = []
+    for family in FAMILIES:
+        try:
+            return family.find_layers(denoiser)
+        except RECEError as err:
+            errors.append(str(err))
+    raise RECEError(f"{type(denoiser).__name__} has no text-reading layer of a supported family: {errors[0]}")
+
+
 def save_kv_weights(editor: KVEditor, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
     """The edited K/V weights, keyed by UNet state-dict keys, in the model's dtype."""
     weights = {k: v.detach().cpu().contiguous() for k, v in editor.current_weights().items()}
@@ -90,7 +107,7 @@ def save_kv_weights(editor: KVEditor, path: str | Path, metadata: Mapping[str, A
 def load_kv_into(unet: nn.Module, path: str | Path, *, verify_base: bool = True) -> None:
     """Load a K/V weights file into ``unet`` after checking its hash, keys and shapes, and (``verify_base``) that
     ``unet`` holds the original weights of the base model the edit was made on."""
-    projections = find_projections(unet)
+    projections = text_layers_of(unet)
     weights = load_kv_weights(path)
     if Path(path).suffix == ".safetensors":
         current = {p.key: p.module.weight for p in projections}
@@ -135,7 +152,7 @@ def apply_edit_map(unet: nn.Module, path: str | Path, *, undo: bool = False, ver
     Applying checks (``verify_base``) that ``unet`` holds the original weights of the base model the map was made on.
     """
     maps, info = load_edit_map(path)
-    projections = find_projections(unet)
+    projections = text_layers_of(unet)
     if verify_base and not undo:
         check_base(info.get("base_fingerprint"), {p.key: p.module.weight for p in projections}, str(path))
     dim = projections[0].module.in_features
@@ -157,12 +174,13 @@ def apply_edit_map(unet: nn.Module, path: str | Path, *, undo: bool = False, ver
 def save_lora(editor: KVEditor, path: str | Path, rtol: float = 1e-10, metadata: Mapping[str, Any] | None = None) -> Path:
     """An exact LoRA of the edit in the diffusers/PEFT format (float32 factors, ``W' = W₀ + B A``)."""
     tensors: dict[str, Tensor] = {}
+    owners = {p.key: p.owner for p in editor.projections}  # the denoiser's component name: unet, transformer
     for key, (b, a) in editor.lora_factors(rtol=rtol).items():
         module = key.removesuffix(".weight")
         if b.shape[1] == 0:
             continue
-        tensors[f"unet.{module}.lora_A.weight"] = a.float().cpu().contiguous()
-        tensors[f"unet.{module}.lora_B.weight"] = b.float().cpu().contiguous()
+        tensors[f"{owners[key]}.{module}.lora_A.weight"] = a.float().cpu().contiguous()
+        tensors[f"{owners[key]}.{module}.lora_B.weight"] = b.float().cpu().contiguous()
     if not tensors:
         raise RECEError("the edit is empty (no projection changed): there is no LoRA to export")
     with atomic_path(path) as tmp:

@@ -7,13 +7,21 @@ linear layers read those embeddings directly (:meth:`ModelFamily.text_layers`: t
 The closed form, RECE's derivation, the editor, keep-best, the callbacks, the attacks and the exports work on these
 two alone and never ask which family they serve.
 
-Supported today: Stable Diffusion 1.x / 2.x (one CLIP text encoder, ``attn2.to_k`` / ``attn2.to_v`` of the UNet),
-which also covers the testbed. A new family is a subclass registered in :data:`FAMILIES`.
+Supported: Stable Diffusion 1.x / 2.x (one CLIP text encoder, ``attn2.to_k`` / ``attn2.to_v`` of the UNet, which
+also covers the testbed), SDXL (:mod:`rece_lightning.families.sdxl`) and Flux (:mod:`rece_lightning.families.flux`).
+A new family is a subclass registered in :data:`FAMILIES`.
+
+The edit needs only the text encoders and the text-reading layers, so a family can work with a *stand-in* for its
+denoiser (:class:`TextLayers`: just those layers, read from the safetensors files,
+:func:`rece_lightning.pipeline.load_family`); :meth:`ModelFamily.attach` later moves the (edited) layers into the
+whole pipeline when images are generated.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 from torch import nn
@@ -22,41 +30,128 @@ from rece_lightning.cross_attention import Projection, find_projections
 from rece_lightning.errors import RECEError
 from rece_lightning.text import TextEncoder
 
-__all__ = ["FAMILIES", "ModelFamily", "StableDiffusionFamily", "family_of"]
+__all__ = ["FAMILIES", "ModelFamily", "StableDiffusionFamily", "TextLayers", "family_of", "family_of_index"]
+
+
+class TextLayers(nn.Module):
+    """A stand-in for a denoiser that holds only its text-reading linear layers, under their own module paths (so
+    state-dict keys, e.g. ``down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight``, are the
+    denoiser's), plus the denoiser's ``config``.
+
+    Args:
+        layers: ``(module path, nn.Linear)`` in the denoiser's module order.
+        config: the denoiser's configuration (``config.json``), read with attribute access.
+    """
+
+    def __init__(self, layers: list[tuple[str, nn.Linear]], config: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(**config)
+        for path, linear in layers:
+            parent: nn.Module = self
+            *parents, leaf = path.split(".")
+            for part in parents:
+                if not hasattr(parent, part):
+                    parent.add_module(part, nn.Module())
+                parent = getattr(parent, part)
+            parent.add_module(leaf, linear)
 
 
 class ModelFamily(ABC):
     """How one family of pipelines reads text (see the module docstring).
 
+    Args:
+        pipeline: the diffusers pipeline (with or without its denoiser).
+        denoiser: a stand-in for the denoiser (:class:`TextLayers`) when the pipeline was loaded without it.
+        options: family settings (e.g. Flux's ``max_sequence_length``); families ignore those they do not know.
+
     Attributes:
         name: a short name shown in messages and recorded with exports.
+        pipeline_classes: diffusers pipeline class names of this family (``model_index.json``'s ``_class_name``).
+        denoiser_name: the pipeline component holding the text-reading layers (``unet`` or ``transformer``).
         pipeline: the diffusers pipeline.
         text: encodes texts into the embeddings the denoiser reads.
     """
 
     name: ClassVar[str]
+    pipeline_classes: ClassVar[tuple[str, ...]] = ()
+    denoiser_name: ClassVar[str] = "unet"
 
-    def __init__(self, pipeline: Any) -> None:
+    def __init__(self, pipeline: Any, denoiser: nn.Module | None = None, **options: Any) -> None:
         self.pipeline = pipeline
+        self._standin = denoiser
+        self.options = {k: v for k, v in options.items() if v is not None}
         self.text: TextEncoder = self.make_text_encoder()
+        self._layers: list[Projection] | None = None
 
     @classmethod
     @abstractmethod
     def matches(cls, pipeline: Any) -> bool:
-        """Whether ``pipeline`` belongs to this family."""
+        """Whether ``pipeline`` (or any object with its component attributes) belongs to this family."""
+
+    @classmethod
+    def matches_index(cls, index: Mapping[str, Any]) -> bool:
+        """Whether a pipeline folder's ``model_index.json`` describes this family: by class name, else by which
+        components it lists."""
+        if index.get("_class_name") in cls.pipeline_classes:
+            return True
+        present = {k: (True if isinstance(v, list | tuple) and v and v[0] is not None else None)
+                   for k, v in index.items() if not k.startswith("_")}
+        return cls.matches(SimpleNamespace(**present))
 
     @abstractmethod
     def make_text_encoder(self) -> TextEncoder:
         """The text side of this family's pipeline."""
 
-    @property
+    @classmethod
     @abstractmethod
-    def denoiser(self) -> nn.Module:
-        """The module holding the text-reading layers (its state-dict keys name the exported tensors)."""
+    def find_layers(cls, denoiser: nn.Module) -> list[Projection]:
+        """The linear layers of ``denoiser`` (or of its :class:`TextLayers` stand-in) that read the text embeddings,
+        all with the same input width, in module order."""
 
-    @abstractmethod
+    @property
+    def denoiser(self) -> nn.Module:
+        """The module holding the text-reading layers (its state-dict keys name the exported tensors): the
+        pipeline's denoiser, or its stand-in while the pipeline has none."""
+        real = getattr(self.pipeline, self.denoiser_name, None)
+        if real is not None:
+            return real
+        if self._standin is None:
+            raise RECEError(f"the pipeline has no {self.denoiser_name} and no stand-in for it")
+        return self._standin
+
+    @property
+    def text_only(self) -> bool:
+        """Whether the pipeline was loaded without its denoiser (erasing works, generating does not)."""
+        return getattr(self.pipeline, self.denoiser_name, None) is None
+
+    @property
+    def width(self) -> int:
+        """The width of the embeddings the text-reading layers read."""
+        return self.text_layers()[0].module.in_features
+
     def text_layers(self) -> list[Projection]:
-        """The bias-free linear layers that read the text embeddings (all with the same input width)."""
+        """The text-reading layers (found once; the same objects stay in the model when the pipeline is attached)."""
+        if self._layers is None:
+            self._layers = self.find_layers(self.denoiser)
+        return self._layers
+
+    def generation_kwargs(self) -> dict[str, Any]:
+        """Extra arguments of the pipeline's ``__call__`` that must match the text side (e.g. Flux's
+        ``max_sequence_length``)."""
+        return {}
+
+    def attach(self, pipeline: Any) -> None:
+        """Use the whole ``pipeline`` from now on, moving the text-reading layers (with any edit folded into them)
+        into its denoiser in place of its own, so that the editor's layers are the ones the pipeline runs."""
+        denoiser = getattr(pipeline, self.denoiser_name)
+        for p in self.text_layers():
+            current = denoiser.get_submodule(p.name)
+            if current.weight.shape != p.module.weight.shape:
+                raise RECEError(f"{p.name}: the loaded {self.denoiser_name} has shape {tuple(current.weight.shape)}, "
+                                f"the erased layer {tuple(p.module.weight.shape)}")
+            denoiser.set_submodule(p.name, p.module.to(current.weight.device))
+        self.pipeline = pipeline
+        self._standin = None
 
 
 class StableDiffusionFamily(ModelFamily):
@@ -64,6 +159,7 @@ class StableDiffusionFamily(ModelFamily):
     cross-attention reads through ``attn2.to_k`` / ``attn2.to_v``."""
 
     name = "stable-diffusion"
+    pipeline_classes = ("StableDiffusionPipeline",)
 
     @classmethod
     def matches(cls, pipeline: Any) -> bool:
@@ -71,9 +167,14 @@ class StableDiffusionFamily(ModelFamily):
             getattr(pipeline, "text_encoder_2", None) is None
         )
 
+    @classmethod
+    def matches_index(cls, index: Mapping[str, Any]) -> bool:
+        return index.get("_class_name") in cls.pipeline_classes or (
+            "text_encoder_2" not in index and super().matches_index(index))
+
     def make_text_encoder(self) -> TextEncoder:
         """The CLIP (or testbed) text encoder, after checking that the UNet reads its width."""
-        width = self.pipeline.unet.config.cross_attention_dim
+        width = self.denoiser.config.cross_attention_dim
         hidden = self.pipeline.text_encoder.config.hidden_size
         if width != hidden:
             raise RECEError(
@@ -82,31 +183,53 @@ class StableDiffusionFamily(ModelFamily):
             )
         return TextEncoder(self.pipeline.tokenizer, self.pipeline.text_encoder)
 
-    @property
-    def denoiser(self) -> nn.Module:
-        """The UNet."""
-        return self.pipeline.unet
-
-    def text_layers(self) -> list[Projection]:
+    @classmethod
+    def find_layers(cls, denoiser: nn.Module) -> list[Projection]:
         """Every ``attn2.to_k`` / ``attn2.to_v`` of the UNet."""
-        return find_projections(self.pipeline.unet)
+        return find_projections(denoiser)
+
+
+def _registered() -> list[type[ModelFamily]]:
+    from rece_lightning.families.flux import FluxFamily
+    from rece_lightning.families.sdxl import StableDiffusionXLFamily
+
+    for family in (StableDiffusionXLFamily, FluxFamily):
+        if family not in FAMILIES:
+            FAMILIES.append(family)
+    return FAMILIES
 
 
 FAMILIES: list[type[ModelFamily]] = [StableDiffusionFamily]
 
+SUPPORTED = ("Stable Diffusion 1.x/2.x (one text encoder, UNet attn2.to_k/to_v), SDXL (two CLIP encoders, UNet "
+             "attn2.to_k/to_v) and Flux (CLIP + T5, transformer context_embedder)")
 
-def family_of(pipeline: Any) -> ModelFamily:
-    """The family adapter for ``pipeline``.
+
+def _unsupported(what: str) -> RECEError:
+    names = ", ".join(f.name for f in _registered())
+    return RECEError(f"{what} is not a supported model family (supported: {names}, i.e. {SUPPORTED}); "
+                     "RECE edits the linear layers that read the text embeddings, and found none it knows")
+
+
+def family_of(pipeline: Any, **options: Any) -> ModelFamily:
+    """The family adapter for ``pipeline`` (an adapter is returned as it is). ``options`` go to the family
+    (e.g. ``max_sequence_length`` for Flux).
 
     Raises:
         RECEError: no registered family reads text the way this pipeline does; the message names the supported
             families.
     """
-    for family in FAMILIES:
+    if isinstance(pipeline, ModelFamily):
+        return pipeline
+    for family in _registered():
         if family.matches(pipeline):
-            return family(pipeline)
-    supported = ", ".join(f.name for f in FAMILIES)
-    raise RECEError(
-        f"{type(pipeline).__name__} is not a supported model family (supported: {supported}, i.e. Stable Diffusion "
-        "1.x/2.x pipelines with one text encoder and a UNet with attn2 cross-attention)"
-    )
+            return family(pipeline, **options)
+    raise _unsupported(type(pipeline).__name__)
+
+
+def family_of_index(index: Mapping[str, Any], source: str = "the pipeline") -> type[ModelFamily]:
+    """The family class of a pipeline folder from its ``model_index.json``."""
+    for family in _registered():
+        if family.matches_index(index):
+            return family
+    raise _unsupported(f"{source} ({index.get('_class_name', 'unknown class')})")

@@ -5,7 +5,8 @@ A leaf module (no import of the rest of the package), used by the Lightning modu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -26,12 +27,16 @@ def generate(
     width: int | None = None,
     prompt_embeds: Sequence[Tensor | None] | None = None,
     output_type: str = "pil",
+    extra: Mapping[str, Any] | None = None,
 ) -> list[Image.Image] | Tensor:
     """One image per prompt, each from its own seed (and its own guidance scale when given).
 
     ``prompt_embeds`` (one ``(L, d)`` tensor or ``None`` per prompt) generates from embeddings instead of text, as
     embedding-space attacks do; the unconditional branch of guidance still encodes the empty prompt.
-    ``output_type="latent"`` returns the final latents stacked in prompt order instead of images.
+    Pipelines that also read a pooled text embedding (SDXL, Flux) get the pooled embedding of the row's prompt with
+    its ``prompt_embeds`` (:func:`pooled_embeddings`). ``output_type="latent"`` returns the final latents stacked in
+    prompt order instead of images. ``extra`` holds further arguments of the pipeline's call (e.g. Flux's
+    ``max_sequence_length``).
     Every image depends only on its row, so batching or sharding over processes does not change results beyond
     floating-point noise of batched kernels.
     """
@@ -46,10 +51,15 @@ def generate(
         generators = [torch.Generator(generator_device).manual_seed(int(seeds[i])) for i in idx]
         text: dict = {"prompt": [prompts[i] for i in idx]}
         if from_embeds:
-            dtype = pipe.text_encoder.dtype
+            encoder = pipe.text_encoder_2 if getattr(pipe, "text_encoder_2", None) is not None else pipe.text_encoder
+            dtype = encoder.dtype
             text = {"prompt_embeds": torch.stack([embeds[i] for i in idx]).to(device, dtype)}  # type: ignore[misc]
+            pooled = pooled_embeddings(pipe, [prompts[i] for i in idx], extra or {})
+            if pooled is not None:
+                text["pooled_prompt_embeds"] = pooled.to(device, dtype)
         out = pipe(
             **text,
+            **dict(extra or {}),
             generator=generators,
             num_inference_steps=num_inference_steps,
             guidance_scale=scale,
@@ -62,3 +72,17 @@ def generate(
     if output_type == "latent":
         return torch.stack(images)  # type: ignore[arg-type]
     return [im for im in images if im is not None]
+
+
+@torch.no_grad()
+def pooled_embeddings(pipe, prompts: list[str], extra: Mapping[str, Any]) -> Tensor | None:
+    """The pooled text embeddings of ``prompts`` as the pipeline's ``encode_prompt`` makes them, for pipelines whose
+    call takes ``pooled_prompt_embeds`` (SDXL: second CLIP encoder's projection; Flux: CLIP's pooler output); else
+    ``None``."""
+    if "pooled_prompt_embeds" not in inspect.signature(pipe.__call__).parameters:
+        return None
+    if getattr(pipe, "transformer", None) is not None:  # Flux: (prompt_embeds, pooled_prompt_embeds, text_ids)
+        kwargs = {k: v for k, v in extra.items() if k == "max_sequence_length"}
+        return pipe.encode_prompt(prompt=prompts, prompt_2=None, **kwargs)[1]
+    # SDXL: (prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds)
+    return pipe.encode_prompt(prompt=prompts, do_classifier_free_guidance=False)[2]

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch import Tensor
+from torch import Tensor, nn
 
 from rece_lightning.attacks import Attack, AttackTarget, NoAttack
 from rece_lightning.callbacks.metric import ImageMetric
@@ -30,10 +30,11 @@ from rece_lightning.cross_attention import check_kv_weights
 from rece_lightning.edit_state import EditState
 from rece_lightning.editor import KVEditor
 from rece_lightning.errors import RECEError
+from rece_lightning.family import ModelFamily
 from rece_lightning.generation import generate
 from rece_lightning.image_store import ImageStore, fingerprint
 from rece_lightning.integrity import base_fingerprint, check_base, check_sha256, tensor_sha256
-from rece_lightning.pipeline import load_pipeline, resolve_dtype
+from rece_lightning.pipeline import attach_denoiser, load_family, resolve_dtype
 from rece_lightning.recipe import ORIGINAL, Recipe, read_preserve_csv
 from rece_lightning.text import TextEncoder
 
@@ -80,6 +81,13 @@ class RECEModule(L.LightningModule):
         attacks: red-teaming attacks run by ``rece test`` on the test prompts (default: no attack). Each is recorded
             by name; attacks that stop early on success (UnlearnDiffAtk) are given the judge of the first evaluation
             callback that can judge images.
+        max_sequence_length: Flux only: T5 tokens per text (``None`` = 512 as ``FluxPipeline``; 256 for
+            FLUX.1-schnell), used for erasing and generating alike.
+
+    The model is loaded by family (:mod:`rece_lightning.family`): at first only the text encoders and the
+    denoiser's text-reading layers (:func:`~rece_lightning.pipeline.load_family`); the denoiser and the VAE are
+    loaded when a stage generates images (:meth:`load_denoiser`), so ``rece fit`` without validation never holds
+    them in memory.
     """
 
     def __init__(
@@ -99,6 +107,7 @@ class RECEModule(L.LightningModule):
         keep_best_mode: Literal["min", "max"] = "min",
         torch_dtype: str = "float32",
         attacks: list[Attack] | None = None,
+        max_sequence_length: int | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -125,23 +134,68 @@ class RECEModule(L.LightningModule):
                 "keep_best_mode": keep_best_mode,
                 "torch_dtype": torch_dtype,
                 "attacks": [type(a).__name__ for a in attacks or []],
+                "max_sequence_length": max_sequence_length,
             }
         )
         self.attacks: list[Attack] = list(attacks or [])
         # every setting is checked before the (slow) pipeline load
         Recipe.check_settings(concepts or [], anchor, uce_config, rece_config, technique)
 
-        pipe = load_pipeline(pretrained, torch_dtype)
-        pipe.set_progress_bar_config(disable=True)
-        self.pipeline = pipe
-        self.recipe = Recipe(pipe, concepts or [], anchor, uce_config, rece_config, extra_preserve=extra,
+        # ---- model family (issue 10): the text side now, the denoiser when a stage generates (load_denoiser)
+        self.family: ModelFamily = load_family(pretrained, torch_dtype, max_sequence_length=max_sequence_length)
+        self._text_side_suffices = False  # set by setup() for a fit that generates nothing
+        self.recipe = Recipe(self.family, concepts or [], anchor, uce_config, rece_config, extra_preserve=extra,
                              with_to_k=with_to_k, technique=technique)
-        # registered so that Lightning moves them; the pipeline object holds the same modules
-        self.unet, self.vae, self.text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
-        for module in (self.unet, self.vae, self.text_encoder):
-            module.requires_grad_(False).eval()
+        self._register_components()
+        # ---- end model family
         self.stages: list[str] = ([ORIGINAL] if validate_original else []) + self.recipe.stages
         self._best: tuple[float, str, EditState] | None = None
+
+    # ------------------------------------------------------------------------------------ the model family
+    def _register_components(self) -> None:
+        """Register the pipeline's modules (and the denoiser or its stand-in) so that Lightning moves them."""
+        pipe = self.family.pipeline
+        pipe.set_progress_bar_config(disable=True)
+        modules = {name: c for name, c in pipe.components.items() if isinstance(c, nn.Module)}
+        modules[self.family.denoiser_name] = self.family.denoiser
+        for name, module in modules.items():
+            module.requires_grad_(False).eval()
+            setattr(self, name, module.to(self.device))
+
+    @property
+    def pipeline(self):
+        """The diffusers pipeline, whole: loaded on first use unless this run only erases (see :meth:`setup`)."""
+        if not self._text_side_suffices:
+            self.load_denoiser()
+        return self.family.pipeline
+
+    def load_denoiser(self) -> None:
+        """Load the denoiser and VAE around the text side already loaded (once), with the edit already in place."""
+        if self.family.text_only:
+            attach_denoiser(self.family, self.hparams.pretrained, self.hparams.torch_dtype)
+            self._register_components()
+
+    def setup(self, stage: str) -> None:
+        """Load the whole pipeline unless this run generates nothing (``rece fit`` without validation prompts and
+        without the ``pipeline`` export only erases: text encoders and text-reading layers suffice)."""
+        self._text_side_suffices = stage == "fit" and not self._fit_generates()
+        if not self._text_side_suffices:
+            self.load_denoiser()
+
+    def teardown(self, stage: str) -> None:
+        self._text_side_suffices = False
+
+    def _fit_generates(self) -> bool:
+        trainer = self.trainer
+        if any("pipeline" in (getattr(cb, "formats", None) or ()) for cb in trainer.callbacks):
+            return True
+        if trainer.limit_val_batches == 0:
+            return False
+        datamodule = trainer.datamodule
+        if datamodule is None:
+            return True  # dataloaders given directly: assume validation
+        loaders = datamodule.val_dataloader()
+        return bool(loaders) if isinstance(loaders, list | tuple) else True
 
     # ------------------------------------------------------------------------------------------ the recipe
     @property
@@ -221,8 +275,9 @@ class RECEModule(L.LightningModule):
     ):
         """Images of the current model state, one per prompt (or per embedding), each from its own seed."""
         g = self.generation
+        self.load_denoiser()
         return generate(
-            self.pipeline,
+            self.family.pipeline,
             prompts,
             seeds,
             num_inference_steps=g.num_inference_steps,
@@ -231,6 +286,7 @@ class RECEModule(L.LightningModule):
             height=g.height,
             width=g.width,
             prompt_embeds=prompt_embeds,
+            extra=self.family.generation_kwargs(),
         )
 
     def image_store(self, root: str | Path | None = None) -> ImageStore | None:
@@ -315,7 +371,7 @@ class RECEModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        keys = {f"unet.{p.key}" for p in self.editor.projections}
+        keys = {f"{self.family.denoiser_name}.{p.key}" for p in self.editor.projections}
         weights = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
         checkpoint["state_dict"] = weights
         rece: dict[str, Any] = {"stage": self.stage, "state": self.editor.state.tensors()}
@@ -331,10 +387,11 @@ class RECEModule(L.LightningModule):
         if not isinstance(rece, dict) or "sha256" not in rece:
             raise RECEError("the checkpoint holds no RECE edit (it was not written by this version of rece fit); "
                             "pass a checkpoint from <run>/checkpoints/")
-        weights = {k: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("unet.")}
+        prefix = f"{self.family.denoiser_name}."
+        weights = {k: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith(prefix)}
         check_sha256({**weights, **_edit_tensors(rece)}, rece["sha256"], "the checkpoint")
         check_base(rece["base"], self.editor.original, "the checkpoint")
-        check_kv_weights(self.editor.projections, {k.removeprefix("unet."): v for k, v in weights.items()},
+        check_kv_weights(self.editor.projections, {k.removeprefix(prefix): v for k, v in weights.items()},
                          "the checkpoint")
         self.recipe.restore(rece["stage"], EditState.from_tensors(rece["state"]))
         best = rece.get("best")

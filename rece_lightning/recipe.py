@@ -142,14 +142,21 @@ class Recipe:
 
     # ---------------------------------------------------------------------------------------------- stages
     def uce_step(self) -> None:
-        """The first edit: concept → anchor with the official token alignment (UCE ``edit_model``)."""
+        """The first edit: concept → anchor with the official token alignment (UCE ``edit_model``), or with each
+        text's last word token (``uce.tokens: last``, the official UCE scripts)."""
         cfg = self.uce
         if cfg.weights is not None:
             self.editor.reset()  # the base already holds the given K/V weights
             return
         preserve = self.uce_preserve()
-        blocks = [self.text.aligned(c, self.uce_anchor(a)) for c, a in zip(self.concepts, self.anchors, strict=True)]
-        self.editor.erase(blocks, self._stack(preserve), lamb=cfg.lamb, erase_scale=cfg.erase_scale,
+        pairs = list(zip(self.concepts, map(self.uce_anchor, self.anchors), strict=True))
+        if cfg.tokens == "last":  # official UCE scripts: one row per text, its last word token
+            blocks = [(self.text.last(c), self.text.last(a)) for c, a in pairs]
+            rows = torch.cat([self.text.last(t) for t in preserve]) if preserve else None
+        else:
+            blocks = [self.text.aligned(c, a) for c, a in pairs]
+            rows = self._stack(preserve)
+        self.editor.erase(blocks, rows, lamb=cfg.lamb, erase_scale=cfg.erase_scale,
                           preserve_scale=cfg.scale_of_preserve(len(preserve)))
 
     def derive(self) -> list[Tensor]:

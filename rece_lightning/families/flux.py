@@ -1,0 +1,106 @@
+"""Flux: the transformer reads T5 token embeddings through one linear layer, ``context_embedder`` (4096 → 3072).
+
+``FluxPipeline.encode_prompt`` (diffusers) makes ``prompt_embeds = text_encoder_2(ids)[0]``: the T5 encoder's last
+hidden state of the text padded to ``max_sequence_length`` tokens (512; 256 for FLUX.1-schnell), no attention mask,
+and ``pooled_prompt_embeds``, the CLIP text encoder's ``pooler_output`` (77 tokens). Every joint transformer block
+reads the text only through ``context_embedder(prompt_embeds)``, so that one layer is what UCE edits, as the
+official ``trainscripts/uce_flux_edit.py`` of github.com/rohitgandikota/unified-concept-editing does (it also edits
+the pooled projection ``time_text_embed.text_embedder.linear_1``; that separate 768-d edit space is not implemented
+here). T5 has no start token, so ``length − 2`` (the official index) is the last word token, as for CLIP.
+
+**The bias.** ``context_embedder`` computes ``W c + b``. UCE's objective with the bias kept fixed,
+
+    min_W'  λ ‖W' − W‖²  +  s_e Σ ‖(W' c_i + b) − (W c*_i + b)‖²  +  s_p Σ ‖(W' c_p + b) − (W c_p + b)‖²,
+
+has the bias cancel in every term, so its minimiser is the bias-free one, ``W' = W T`` with the same text-side map
+``T = N M⁻¹`` as for SD (README, "How it works"): the shared map, RECE's derivation (``Σ W'ᵀW'``; the bias adds the
+same ``b`` to the edited and the original output, so it cancels in ``‖W'c' + b − (W c + b)‖²`` too), the exact LoRA
+(``W' = W + B A``, bias untouched) all carry over. The official script instead takes the *outputs*
+``module(c*) = W c* + b`` as targets for the bias-free prediction ``W' c``, i.e. it solves
+``min λ‖W' − W‖² + s Σ ‖W' c − (W c* + b)‖²``, which adds ``b (M⁻¹ σ)ᵀ`` with ``σ = s_e Σ c_i + s_p Σ c_p`` to our
+``W T``: the edited layer then outputs ``≈ W c* + 2b`` for an erased text (the bias counted twice). We follow the
+objective; ``tests/test_families.py::test_flux_last_token_matches_official_uce`` checks that our edit equals the
+official computation when ``b = 0`` and differs from it by exactly that rank-one term otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from rece_lightning.cross_attention import Projection, linear_layer
+from rece_lightning.errors import RECEError
+from rece_lightning.family import ModelFamily
+from rece_lightning.text import EncodedText, TextEncoder
+
+MAX_SEQUENCE_LENGTH = 512  # FluxPipeline's default (FLUX.1-dev); FLUX.1-schnell uses 256
+
+
+class FluxTextEncoder(TextEncoder):
+    """T5 token embeddings (``max_sequence_length`` rows) plus the pooled CLIP embedding, as
+    ``FluxPipeline.encode_prompt`` makes them."""
+
+    def __init__(self, clip_tokenizer, clip_encoder: nn.Module, t5_tokenizer, t5_encoder: nn.Module,
+                 max_sequence_length: int) -> None:
+        super().__init__(t5_tokenizer, t5_encoder, max_length=max_sequence_length)
+        self.clip_tokenizer, self.clip_encoder = clip_tokenizer, clip_encoder
+
+    def encode_batch(self, todo: list[str]) -> list[EncodedText]:
+        tokens = self.tokenizer(todo, padding="max_length", max_length=self.max_length, truncation=True,
+                                return_tensors="pt")
+        device = next(self.text_encoder.parameters()).device
+        hidden = self.text_encoder(tokens.input_ids.to(device), output_hidden_states=False)[0]
+        hidden = hidden.detach().to("cpu", torch.float64)
+        pooled = None
+        if self.clip_encoder is not None:
+            clip = self.clip_tokenizer(todo, padding="max_length", max_length=self.clip_tokenizer.model_max_length,
+                                       truncation=True, return_tensors="pt")
+            clip_device = next(self.clip_encoder.parameters()).device
+            out = self.clip_encoder(clip.input_ids.to(clip_device), output_hidden_states=False)
+            pooled = out.pooler_output.detach().to("cpu", torch.float64)
+        lengths = tokens.attention_mask.sum(dim=1).tolist()
+        return [EncodedText(text=text, embedding=hidden[i], length=int(lengths[i]),
+                            pooled=None if pooled is None else pooled[i]) for i, text in enumerate(todo)]
+
+
+class FluxFamily(ModelFamily):
+    """Flux (FLUX.1-dev / -schnell): ``context_embedder`` of the transformer reads T5 embeddings.
+
+    Options: ``max_sequence_length`` — T5 tokens per text (default 512 as ``FluxPipeline``; 256 for schnell); the
+    same length is passed to the pipeline when it generates.
+    """
+
+    name = "flux"
+    pipeline_classes = ("FluxPipeline",)
+    denoiser_name = "transformer"
+
+    @classmethod
+    def matches(cls, pipeline: Any) -> bool:
+        return all(getattr(pipeline, part, None) is not None for part in ("transformer", "text_encoder_2",
+                                                                          "tokenizer_2")) and (
+            getattr(pipeline, "text_encoder_3", None) is None)
+
+    @property
+    def max_sequence_length(self) -> int:
+        return int(self.options.get("max_sequence_length", MAX_SEQUENCE_LENGTH))
+
+    def make_text_encoder(self) -> TextEncoder:
+        """T5 (and the pooled CLIP encoder), after checking that ``context_embedder`` reads T5's width."""
+        pipe = self.pipeline
+        width = self.denoiser.config.joint_attention_dim
+        hidden = int(pipe.text_encoder_2.config.d_model)
+        if width != hidden:
+            raise RECEError(f"the transformer's context_embedder reads {width}-d text but the T5 encoder gives "
+                            f"{hidden}-d embeddings; this is not a Flux pipeline")
+        return FluxTextEncoder(getattr(pipe, "tokenizer", None), getattr(pipe, "text_encoder", None),
+                               pipe.tokenizer_2, pipe.text_encoder_2, self.max_sequence_length)
+
+    @classmethod
+    def find_layers(cls, denoiser: nn.Module) -> list[Projection]:
+        """``context_embedder`` (a Linear with bias; only its weight is edited, see the module docstring)."""
+        return [linear_layer(denoiser, "context_embedder", "to_v", cls.denoiser_name)]
+
+    def generation_kwargs(self) -> dict[str, Any]:
+        return {"max_sequence_length": self.max_sequence_length}
