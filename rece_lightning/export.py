@@ -84,9 +84,8 @@ def load_kv_weights(path: str | Path) -> dict[str, Tensor]:
 def text_layers_of(denoiser: nn.Module) -> list:
     """The text-reading layers of a denoiser of any supported family (UNet ``attn2.to_k/to_v``; Flux
     ``context_embedder``)."""
-    from rece_lightning.family import FAMILIES, _registered
+    from rece_lightning.families import FAMILIES
 
-    _registered()
     errors = []
     for family in FAMILIES:
         try:

@@ -9,7 +9,7 @@ two alone and never ask which family they serve.
 
 Supported: Stable Diffusion 1.x / 2.x (one CLIP text encoder, ``attn2.to_k`` / ``attn2.to_v`` of the UNet, which
 also covers the testbed), SDXL (:mod:`rece_lightning.families.sdxl`) and Flux (:mod:`rece_lightning.families.flux`).
-A new family is a subclass registered in :data:`FAMILIES`.
+A new family is a subclass listed in :data:`rece_lightning.families.FAMILIES`.
 
 The edit needs only the text encoders and the text-reading layers, so a family can work with a *stand-in* for its
 denoiser (:class:`TextLayers`: just those layers, read from the safetensors files,
@@ -30,7 +30,7 @@ from rece_lightning.cross_attention import Projection, find_projections
 from rece_lightning.errors import RECEError
 from rece_lightning.text import TextEncoder
 
-__all__ = ["FAMILIES", "ModelFamily", "StableDiffusionFamily", "TextLayers", "family_of", "family_of_index"]
+__all__ = ["ModelFamily", "StableDiffusionFamily", "TextLayers"]
 
 
 class TextLayers(nn.Module):
@@ -187,49 +187,3 @@ class StableDiffusionFamily(ModelFamily):
     def find_layers(cls, denoiser: nn.Module) -> list[Projection]:
         """Every ``attn2.to_k`` / ``attn2.to_v`` of the UNet."""
         return find_projections(denoiser)
-
-
-def _registered() -> list[type[ModelFamily]]:
-    from rece_lightning.families.flux import FluxFamily
-    from rece_lightning.families.sdxl import StableDiffusionXLFamily
-
-    for family in (StableDiffusionXLFamily, FluxFamily):
-        if family not in FAMILIES:
-            FAMILIES.append(family)
-    return FAMILIES
-
-
-FAMILIES: list[type[ModelFamily]] = [StableDiffusionFamily]
-
-SUPPORTED = ("Stable Diffusion 1.x/2.x (one text encoder, UNet attn2.to_k/to_v), SDXL (two CLIP encoders, UNet "
-             "attn2.to_k/to_v) and Flux (CLIP + T5, transformer context_embedder)")
-
-
-def _unsupported(what: str) -> RECEError:
-    names = ", ".join(f.name for f in _registered())
-    return RECEError(f"{what} is not a supported model family (supported: {names}, i.e. {SUPPORTED}); "
-                     "RECE edits the linear layers that read the text embeddings, and found none it knows")
-
-
-def family_of(pipeline: Any, **options: Any) -> ModelFamily:
-    """The family adapter for ``pipeline`` (an adapter is returned as it is). ``options`` go to the family
-    (e.g. ``max_sequence_length`` for Flux).
-
-    Raises:
-        RECEError: no registered family reads text the way this pipeline does; the message names the supported
-            families.
-    """
-    if isinstance(pipeline, ModelFamily):
-        return pipeline
-    for family in _registered():
-        if family.matches(pipeline):
-            return family(pipeline, **options)
-    raise _unsupported(type(pipeline).__name__)
-
-
-def family_of_index(index: Mapping[str, Any], source: str = "the pipeline") -> type[ModelFamily]:
-    """The family class of a pipeline folder from its ``model_index.json``."""
-    for family in _registered():
-        if family.matches_index(index):
-            return family
-    raise _unsupported(f"{source} ({index.get('_class_name', 'unknown class')})")

@@ -24,16 +24,13 @@ from torch import Tensor, nn
 
 from rece_lightning.attacks import Attack, AttackTarget, NoAttack
 from rece_lightning.callbacks.metric import ImageMetric
+from rece_lightning.checkpoint import Best, load_edit, save_edit
 from rece_lightning.closed_form import Technique
 from rece_lightning.config import GenerationConfig, RECEConfig, UCEConfig, as_config, check_choice
-from rece_lightning.cross_attention import check_kv_weights
-from rece_lightning.edit_state import EditState
 from rece_lightning.editor import KVEditor
-from rece_lightning.errors import RECEError
 from rece_lightning.family import ModelFamily
 from rece_lightning.generation import generate
 from rece_lightning.image_store import ImageStore, fingerprint
-from rece_lightning.integrity import base_fingerprint, check_base, check_sha256, tensor_sha256
 from rece_lightning.pipeline import attach_denoiser, load_family, resolve_dtype
 from rece_lightning.recipe import ORIGINAL, Recipe, read_preserve_csv
 from rece_lightning.text import TextEncoder
@@ -141,15 +138,14 @@ class RECEModule(L.LightningModule):
         # every setting is checked before the (slow) pipeline load
         Recipe.check_settings(concepts or [], anchor, uce_config, rece_config, technique)
 
-        # ---- model family (issue 10): the text side now, the denoiser when a stage generates (load_denoiser)
+        # the model family: the text side now, the denoiser when a stage generates (load_denoiser)
         self.family: ModelFamily = load_family(pretrained, torch_dtype, max_sequence_length=max_sequence_length)
         self._text_side_suffices = False  # set by setup() for a fit that generates nothing
         self.recipe = Recipe(self.family, concepts or [], anchor, uce_config, rece_config, extra_preserve=extra,
                              with_to_k=with_to_k, technique=technique)
         self._register_components()
-        # ---- end model family
         self.stages: list[str] = ([ORIGINAL] if validate_original else []) + self.recipe.stages
-        self._best: tuple[float, str, EditState] | None = None
+        self._best: Best | None = None
 
     # ------------------------------------------------------------------------------------ the model family
     def _register_components(self) -> None:
@@ -371,36 +367,7 @@ class RECEModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        keys = {f"{self.family.denoiser_name}.{p.key}" for p in self.editor.projections}
-        weights = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
-        checkpoint["state_dict"] = weights
-        rece: dict[str, Any] = {"stage": self.stage, "state": self.editor.state.tensors()}
-        if self._best is not None:  # keep-best survives an interrupted run
-            score, stage, state = self._best
-            rece["best"] = {"score": score, "stage": stage, "state": state.tensors()}
-        rece["sha256"] = tensor_sha256({**weights, **_edit_tensors(rece)})
-        rece["base"] = base_fingerprint(self.editor.original)
-        checkpoint["rece"] = rece
+        save_edit(checkpoint, self.recipe, self.family.denoiser_name, self._best)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        rece = checkpoint.get("rece")
-        if not isinstance(rece, dict) or "sha256" not in rece:
-            raise RECEError("the checkpoint holds no RECE edit (it was not written by this version of rece fit); "
-                            "pass a checkpoint from <run>/checkpoints/")
-        prefix = f"{self.family.denoiser_name}."
-        weights = {k: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith(prefix)}
-        check_sha256({**weights, **_edit_tensors(rece)}, rece["sha256"], "the checkpoint")
-        check_base(rece["base"], self.editor.original, "the checkpoint")
-        check_kv_weights(self.editor.projections, {k.removeprefix(prefix): v for k, v in weights.items()},
-                         "the checkpoint")
-        self.recipe.restore(rece["stage"], EditState.from_tensors(rece["state"]))
-        best = rece.get("best")
-        self._best = None if best is None else (best["score"], best["stage"], EditState.from_tensors(best["state"]))
-
-
-def _edit_tensors(rece: dict[str, Any]) -> dict[str, Tensor]:
-    """The tensors of a checkpoint's edit section (current state and kept best), named for hashing."""
-    tensors = {f"rece.{k}": v for k, v in rece["state"].items()}
-    if rece.get("best") is not None:
-        tensors.update({f"rece.best.{k}": v for k, v in rece["best"]["state"].items()})
-    return tensors
+        self._best = load_edit(checkpoint, self.recipe, self.family.denoiser_name)

@@ -57,7 +57,8 @@ def pipeline_folder(pretrained: str) -> tuple[Path, dict[str, Any]]:
 def _from_pretrained(path: Path, index: dict[str, Any], dtype: torch.dtype, **components: Any):
     """Load the pipeline at ``path`` with its own class (``StableDiffusionPipeline`` without safety checker for
     SD 1.x/2.x, as before), some components given or skipped (``None``)."""
-    from rece_lightning.family import StableDiffusionFamily, family_of_index
+    from rece_lightning.families import family_of_index
+    from rece_lightning.family import StableDiffusionFamily
 
     family = family_of_index(index, str(path))
     if family is StableDiffusionFamily:
@@ -164,7 +165,7 @@ def load_family(pretrained: str, torch_dtype: str = "float32", text_only: bool =
     """The model-family adapter of ``pretrained``; with ``text_only`` (and a folder with safetensors files) only
     the text encoders and the denoiser's text-reading layers are loaded (:func:`read_text_layers`), not the
     denoiser or the VAE. ``options`` go to the family (e.g. ``max_sequence_length`` for Flux)."""
-    from rece_lightning.family import family_of, family_of_index
+    from rece_lightning.families import family_of, family_of_index
 
     dtype = resolve_dtype(torch_dtype)
     if pretrained == TESTBED or not text_only:

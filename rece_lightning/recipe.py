@@ -35,7 +35,8 @@ from rece_lightning.edit_state import EditState
 from rece_lightning.editor import KVEditor
 from rece_lightning.errors import RECEError
 from rece_lightning.export import load_kv_weights
-from rece_lightning.family import ModelFamily, family_of
+from rece_lightning.families import family_of
+from rece_lightning.family import ModelFamily
 
 __all__ = ["ORIGINAL", "Recipe", "erase", "read_preserve_csv"]
 

@@ -20,9 +20,10 @@ from rece_lightning.cli import main
 from rece_lightning.data import RECEDataModule
 from rece_lightning.errors import RECEError
 from rece_lightning.export import EDIT_MAP, KV_WEIGHTS, LORA
+from rece_lightning.families import family_of
 from rece_lightning.families.flux import FluxFamily
 from rece_lightning.families.sdxl import StableDiffusionXLFamily
-from rece_lightning.family import StableDiffusionFamily, family_of
+from rece_lightning.family import StableDiffusionFamily
 from rece_lightning.module import RECEModule
 from rece_lightning.pipeline import load_family
 from rece_lightning.recipe import Recipe

@@ -1,6 +1,58 @@
-"""Model families beyond Stable Diffusion 1.x/2.x (registered in :data:`rece_lightning.family.FAMILIES`).
+"""The supported model families and how a pipeline finds its own (:func:`family_of`).
+
+The seam itself (:class:`~rece_lightning.family.ModelFamily`) and Stable Diffusion 1.x/2.x are in
+:mod:`rece_lightning.family`; here are the families beyond it:
 
 * :mod:`~rece_lightning.families.sdxl` — SDXL: two CLIP encoders, UNet ``attn2.to_k`` / ``attn2.to_v`` (2048-d);
 * :mod:`~rece_lightning.families.flux` — Flux: T5 token embeddings read by the transformer's ``context_embedder``
   (4096-d), plus the pooled CLIP embedding.
 """
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rece_lightning.errors import RECEError
+from rece_lightning.families.flux import FluxFamily
+from rece_lightning.families.sdxl import StableDiffusionXLFamily
+from rece_lightning.family import ModelFamily, StableDiffusionFamily
+
+__all__ = ["FAMILIES", "FluxFamily", "StableDiffusionXLFamily", "family_of", "family_of_index"]
+
+
+FAMILIES: list[type[ModelFamily]] = [StableDiffusionFamily, StableDiffusionXLFamily, FluxFamily]
+"""Every supported family, in the order they are tried."""
+
+SUPPORTED = ("Stable Diffusion 1.x/2.x (one text encoder, UNet attn2.to_k/to_v), SDXL (two CLIP encoders, UNet "
+             "attn2.to_k/to_v) and Flux (CLIP + T5, transformer context_embedder)")
+
+
+def _unsupported(what: str) -> RECEError:
+    names = ", ".join(f.name for f in FAMILIES)
+    return RECEError(f"{what} is not a supported model family (supported: {names}, i.e. {SUPPORTED}); "
+                     "RECE edits the linear layers that read the text embeddings, and found none it knows")
+
+
+def family_of(pipeline: Any, **options: Any) -> ModelFamily:
+    """The family adapter for ``pipeline`` (an adapter is returned as it is). ``options`` go to the family
+    (e.g. ``max_sequence_length`` for Flux).
+
+    Raises:
+        RECEError: no registered family reads text the way this pipeline does; the message names the supported
+            families.
+    """
+    if isinstance(pipeline, ModelFamily):
+        return pipeline
+    for family in FAMILIES:
+        if family.matches(pipeline):
+            return family(pipeline, **options)
+    raise _unsupported(type(pipeline).__name__)
+
+
+def family_of_index(index: Mapping[str, Any], source: str = "the pipeline") -> type[ModelFamily]:
+    """The family class of a pipeline folder from its ``model_index.json``."""
+    for family in FAMILIES:
+        if family.matches_index(index):
+            return family
+    raise _unsupported(f"{source} ({index.get('_class_name', 'unknown class')})")

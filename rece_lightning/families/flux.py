@@ -84,6 +84,7 @@ class FluxFamily(ModelFamily):
 
     @property
     def max_sequence_length(self) -> int:
+        """T5 tokens per text (FluxPipeline's ``max_sequence_length``: 512 for FLUX.1-dev, 256 for FLUX.1-schnell)."""
         return int(self.options.get("max_sequence_length", MAX_SEQUENCE_LENGTH))
 
     def make_text_encoder(self) -> TextEncoder:
