@@ -29,6 +29,8 @@ class AttackTarget:
         editor: the edit under attack (closed-form derivations against it).
         generation: the settings images are generated with.
         judge: the evaluation protocol's judge, passed in explicitly (``None``: no early stopping on success).
+        pipeline_kwargs: further arguments of the pipeline's call that its model family needs (e.g. Flux's
+            ``max_sequence_length``).
     """
 
     pipeline: Any
@@ -36,6 +38,7 @@ class AttackTarget:
     editor: KVEditor
     generation: GenerationConfig
     judge: Judge | None = None
+    pipeline_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def generate(
         self,
@@ -49,7 +52,7 @@ class AttackTarget:
         g = self.generation
         return generate(self.pipeline, prompts, seeds, num_inference_steps=g.num_inference_steps,
                         guidance_scale=g.guidance_scale, guidance=guidance, height=g.height, width=g.width,
-                        prompt_embeds=prompt_embeds, output_type=output_type)
+                        prompt_embeds=prompt_embeds, output_type=output_type, extra=self.pipeline_kwargs)
 
     @contextlib.contextmanager
     def edit_off(self) -> Iterator[None]:
