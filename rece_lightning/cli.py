@@ -400,7 +400,10 @@ class RECECLI(LightningCLI):
     # ---------------------------------------------------------------------------------------------- running
     def _run_subcommand(self, subcommand: str) -> None:
         """Run the subcommand; print results with full metric names; on failure clean up and say how to resume."""
-        fn = getattr(self.trainer, subcommand)
+        before_fn = getattr(self, f"before_{subcommand}", None)
+        if callable(before_fn):
+            before_fn()
+        fn = getattr(self, subcommand, getattr(self.trainer, subcommand))
         fn_kwargs = self._prepare_subcommand_kwargs(subcommand)
         verbose = bool(fn_kwargs.get("verbose", True))
         if "verbose" in fn_kwargs:
@@ -408,7 +411,7 @@ class RECECLI(LightningCLI):
         run = self._run_dir()
         root = Path(self.trainer.default_root_dir).absolute()
         fresh = [p for p in (root, root / "lightning_logs", run) if p is not None and not p.exists()]
-        if self.trainer.is_global_zero and run is not None:
+        if _first_process(self.trainer) and run is not None:
             verb = "resumes" if getattr(self, "_resume_run", None) is not None else "writes to"
             print(f"rece: {subcommand} {verb} {_shown(run)}", flush=True)
         try:
@@ -416,15 +419,18 @@ class RECECLI(LightningCLI):
         except BaseException as err:
             interrupted = isinstance(err, (SystemExit, KeyboardInterrupt)) and (
                 self.trainer.state.status == TrainerStatus.INTERRUPTED or isinstance(err, KeyboardInterrupt))
-            if self.trainer.is_global_zero:
+            if _first_process(self.trainer):
                 self._after_failure(subcommand, run, fresh, interrupted)
             if interrupted:
                 raise _Interrupted() from None
             raise
         finally:
             os.environ.pop(VERSION_ENV, None)
-        if verbose and results and self.trainer.is_global_zero and subcommand in ("validate", "test"):
+        if verbose and results and _first_process(self.trainer) and subcommand in ("validate", "test"):
             print_results(results, subcommand)
+        after_fn = getattr(self, f"after_{subcommand}", None)
+        if callable(after_fn):
+            after_fn()
 
     def _run_dir(self) -> Path | None:
         logger = self.trainer.logger
@@ -456,6 +462,13 @@ class RECECLI(LightningCLI):
                 path.rmdir()
         if interrupted:
             print("rece: interrupted before any stage was saved; nothing to resume", file=sys.stderr, flush=True)
+
+
+def _first_process(trainer) -> bool:
+    """Global rank zero, also before the strategy has set the ranks (DDP processes started by the first one carry
+    their ranks in the environment from the start)."""
+    started = all(os.environ.get(name, "0") == "0" for name in ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK"))
+    return started and trainer.is_global_zero
 
 
 class _Interrupted(Exception):

@@ -1,4 +1,4 @@
-"""A test helper callback: a real Ctrl-C (SIGINT) between two stages of ``rece fit``, when asked for.
+"""Test helper callbacks: a real Ctrl-C (SIGINT) between two stages of ``rece fit`` when asked for, and a failure.
 
 Added to a run through a config file (``trainer.callbacks+``); it does nothing unless the environment variable
 ``RECE_TEST_SIGINT_AT_EPOCH`` names an epoch, so the command that resumes the run can be the same command line.
@@ -22,3 +22,10 @@ class SigintAtEpoch(L.Callback):
         target = os.environ.get(ENV)
         if target is not None and trainer.current_epoch == int(target):
             signal.raise_signal(signal.SIGINT)  # handled like a Ctrl-C typed in the terminal
+
+
+class FailDuringValidation(L.Callback):
+    """Raise an unexpected error (a bug, not bad input) in the first validation batch."""
+
+    def on_validation_batch_end(self, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in a callback")
