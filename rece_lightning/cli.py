@@ -225,7 +225,7 @@ def _load_error(err: BaseException) -> str:
     if "Weights only load failed" in text or "pickle" in text.lower():
         return "the file is corrupted (its pickled data does not decode)"
     first = text.splitlines()[0] if text else ""
-    return f"the file is corrupted ({type(err).__name__}: {first[:100]})"
+    return f"the file is corrupted (its data does not decode: {type(err).__name__}: {first[:100]})"
 
 
 def check_readable_file(path: str | Path, what: str, hint: str) -> None:
@@ -443,6 +443,9 @@ class RECECLI(LightningCLI):
         """Remove what this call created when nothing in it can be reused; for fit, say how to resume."""
         checkpoints = run / "checkpoints" if run is not None else None
         latest = latest_checkpoint(checkpoints) if checkpoints is not None and checkpoints.is_dir() else None
+        given = self.config[subcommand].get("ckpt_path")
+        if latest is not None and given and not interrupted and Path(given).absolute() == latest[0].absolute():
+            latest = None  # nothing new since the checkpoint this call started from: no resume point to offer
         if subcommand == "fit" and latest is not None:
             ckpt, epoch = latest
             stages = list(getattr(self.model, "stages", []))
@@ -461,7 +464,8 @@ class RECECLI(LightningCLI):
             elif not any(path.iterdir()):
                 path.rmdir()
         if interrupted:
-            print("rece: interrupted before any stage was saved; nothing to resume", file=sys.stderr, flush=True)
+            what = "before any stage was saved; nothing to resume" if subcommand == "fit" else "; nothing was kept"
+            print(f"rece: interrupted {what}".replace(" ;", ";"), file=sys.stderr, flush=True)
 
 
 def _first_process(trainer) -> bool:
