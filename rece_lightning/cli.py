@@ -1,20 +1,129 @@
 """The ``rece`` command: a LightningCLI over :class:`RECEModule` and :class:`RECEDataModule`.
 
-``rece fit`` erases (one closed-form edit per epoch), ``rece validate`` evaluates, ``rece predict`` generates.
-Bad input is reported as one line naming the problem and the fix, with exit status 2.
+``rece fit`` erases (one closed-form stage per epoch: ``original``, ``uce``, ``rece-1`` …), ``rece validate``
+evaluates, ``rece test`` red-teams, ``rece predict`` generates.
+
+What the command adds to Lightning's CLI:
+
+* **one-line errors**: bad input (a :class:`RECEError`, a usage error, an unreadable file or checkpoint, an
+  unwritable folder, a misconfigured callback) is reported as one line ``rece: error: …`` naming the problem and the
+  fix, with exit status 2 and no traceback (``--debug`` or ``RECE_DEBUG=1`` shows it). Paths are checked before
+  anything is loaded, and a failed call leaves no empty run folder behind;
+* **run folders**: ``rece fit`` writes ``<default_root_dir>/lightning_logs/version_N``; ``--ckpt_path`` pointing into
+  such a folder *resumes* that run in place (same folder, same TensorBoard run). ``rece validate/test/predict`` write
+  ``lightning_logs/<subcommand>-<what was evaluated>`` (e.g. ``test-version_0-best-epoch=4``, ``validate-original``);
+* **talk**: one line per finished stage (:class:`~rece_lightning.callbacks.StageReport`), the full metric names of
+  ``rece validate``/``rece test`` results, and on Ctrl-C the completed stages' checkpoints and the command that
+  resumes the run;
+* **quiet start-up** (:mod:`rece_lightning.quiet`) and **CPU threads** (``--threads N`` or ``RECE_NUM_THREADS``,
+  see :mod:`rece_lightning.strategy`).
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import re
+import shlex
+import shutil
 import sys
+import tempfile
+import traceback
 import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
 
-from lightning.pytorch.cli import LightningCLI
+from rece_lightning import quiet
 
-from rece_lightning.data import RECEDataModule
-from rece_lightning.errors import RECEError
-from rece_lightning.module import RECEModule
-from rece_lightning.strategy import register as register_strategy
+quiet.install()  # before diffusers/transformers/Lightning print anything
+
+import torch  # noqa: E402
+from jsonargparse import ArgumentError, DefaultHelpFormatter  # noqa: E402
+from lightning.fabric.utilities.exceptions import MisconfigurationException  # noqa: E402
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
+from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
+from lightning.pytorch.trainer.states import TrainerStatus  # noqa: E402
+
+from rece_lightning.callbacks.report import StageReport  # noqa: E402
+from rece_lightning.data import RECEDataModule, check_prompts, read_csv  # noqa: E402
+from rece_lightning.errors import RECEError  # noqa: E402
+from rece_lightning.module import RECEModule  # noqa: E402
+from rece_lightning.strategy import THREADS_ENV, configure_threads  # noqa: E402
+from rece_lightning.strategy import register as register_strategy  # noqa: E402
+
+DEBUG_ENV = "RECE_DEBUG"
+"""Environment variable: ``1`` shows the traceback of errors (as ``--debug``)."""
+
+VERSION_ENV = "RECE_RUN_VERSION"
+"""Set by the first DDP process for the processes it starts, so that all of them name the same run folder."""
+
+CKPT_KEYWORDS = ("last", "best", "hpc", "registry")
+"""``--ckpt_path`` values that Lightning resolves itself."""
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+MAIN_HELP = """\
+Erase a concept from a Stable Diffusion model with RECE (closed-form edits of the cross-attention keys and values,
+ECCV 2024) and measure that it is gone.
+
+  rece fit       erase: one stage per epoch, validated after each one: original (the unedited model), uce (the first
+                 closed-form edit), rece-1 ... rece-N (model.rece.iterations RECE iterations); writes checkpoints,
+                 TensorBoard logs and the exported edit to <trainer.default_root_dir>/lightning_logs/version_N
+  rece validate  evaluate the base model, or the edit of --ckpt_path, on data.val_prompts
+  rece test      red-team: run model.attacks on data.test_prompts; attack success rate per attack
+  rece predict   generate the images of data.predict_prompts
+
+Every subcommand also takes --debug (or RECE_DEBUG=1: show the traceback of an error) and --threads N (or
+RECE_NUM_THREADS=N: CPU threads per process). Example: rece fit --config configs/testbed.yaml"""
+
+SUBCOMMAND_HELP = {
+    "fit": (
+        "erase: original, uce, rece-1 ... rece-N, one stage per epoch, each validated",
+        """\
+Erase model.concepts: one closed-form stage per epoch, each followed by a validation on data.val_prompts:
+  original   the unedited model (the baseline; --model.validate_original false skips it)
+  uce        the first edit (UCE: each concept's tokens mapped to its anchor, model.uce)
+  rece-1 ... RECE iterations (model.rece.iterations): derive the embedding that still regenerates the concept, erase it
+The number of stages follows from model.rece.iterations and model.validate_original (trainer.max_epochs is set from
+them). Writes <trainer.default_root_dir>/lightning_logs/version_N: checkpoints/, eval/<stage>/, export/ and the
+TensorBoard logs. An interrupted run resumes in place: rece fit <same arguments> --ckpt_path
+<run>/checkpoints/<last stage>.ckpt (Ctrl-C prints this command).""",
+    ),
+    "validate": (
+        "evaluate: generate data.val_prompts and score them with the metric callbacks",
+        """\
+Evaluate a model: generate the images of data.val_prompts (each row with its own seed) and score them with the
+metric callbacks. Evaluates the base model (model.pretrained), or the edit of --ckpt_path (a checkpoint of rece fit,
+restored onto the base model). Writes <trainer.default_root_dir>/lightning_logs/validate-<checkpoint> (or
+validate-original).""",
+    ),
+    "test": (
+        "red-team: run model.attacks on data.test_prompts, attack success rate per attack",
+        """\
+Red-team a model: run every attack of model.attacks on data.test_prompts, generate from what each attack found and
+report the attack success rate per attack (test/<attack>/asr) with the metric callbacks. Attacks the base model, or
+the edit of --ckpt_path. Writes <trainer.default_root_dir>/lightning_logs/test-<checkpoint> (or test-original).""",
+    ),
+    "predict": (
+        "generate: the images of data.predict_prompts",
+        """\
+Generate the images of data.predict_prompts (each row with its own seed) with the base model or the edit of
+--ckpt_path; saves them under model.generation.image_dir or <trainer.default_root_dir>/images.""",
+    ),
+}
+
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "devices": 1,
+    "num_sanity_val_steps": 0,
+    "log_every_n_steps": 1,
+    "enable_model_summary": False,
+}
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help with our descriptions kept as written (line breaks and indentation)."""
 
 
 def _epochs(iterations: int, validate_original: bool) -> int:
@@ -22,6 +131,156 @@ def _epochs(iterations: int, validate_original: bool) -> int:
     return int(validate_original) + 1 + int(iterations)
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line (whitespace runs collapsed)."""
+    return " ".join(str(text).split())
+
+
+# ----------------------------------------------------------------------------------------------- start-up checks
+def check_writable_dir(path: str | Path, what: str) -> Path:
+    """``path`` is, or can be created as, a folder this process can write to; nothing is left behind.
+
+    Raises:
+        RECEError: ``path`` (or one of its parents) is a file, or the nearest existing folder is not writable.
+    """
+    path = Path(path).expanduser().absolute()
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RECEError(f"{what} {path} cannot be created: {existing} is a file, not a folder; choose another folder")
+    try:  # the only reliable test (permissions, read-only file systems, root squash …): create and remove a file
+        fd, probe = tempfile.mkstemp(prefix=".rece-write-test-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise RECEError(f"{what} {path} is not writable ({existing}: {reason}); choose a folder you can write to") from err
+    return path
+
+
+def check_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Open a checkpoint the way Lightning will (``torch.load(weights_only=True)``, memory-mapped) and return it.
+
+    Raises:
+        RECEError: the file is missing, a folder, unreadable, truncated, corrupted or not a Lightning checkpoint.
+    """
+    path = Path(path).expanduser()
+    hint = "give a checkpoint written by rece fit (<run>/checkpoints/*.ckpt)"
+    if not path.exists():
+        raise RECEError(f"--ckpt_path {path} does not exist; {hint}")
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.ckpt")) or sorted(p.name for p in path.glob("checkpoints/*.ckpt"))
+        more = f" (it holds {', '.join(found[:4])})" if found else ""
+        raise RECEError(f"--ckpt_path {path} is a folder{more}; {hint}")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as err:
+        raise RECEError(f"--ckpt_path {path} cannot be read ({err.strerror or err}); check its permissions") from err
+    problem = _zip_problem(path)
+    checkpoint = None
+    if problem is None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as err:  # torch raises RuntimeError, UnpicklingError, UnicodeDecodeError, OSError …
+            problem = _load_error(err)
+    if problem is not None:
+        raise RECEError(
+            f"--ckpt_path {path} cannot be read: {problem}; use another checkpoint of the run (e.g. the previous "
+            "stage's) or run rece fit again"
+        )
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise RECEError(
+            f"--ckpt_path {path} is not a Lightning checkpoint (no state_dict); {hint}. "
+            "Edited K/V weights (kv_weights.safetensors) go to --model.uce.weights instead"
+        )
+    return checkpoint
+
+
+def _zip_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete zip archive (the container of every torch checkpoint), or ``None``."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head != b"PK\x03\x04":
+        return "it is not a torch checkpoint (no zip archive)"
+    if not zipfile.is_zipfile(path):
+        return "the file is truncated (its zip directory is missing)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            archive.infolist()
+    except (zipfile.BadZipFile, OSError, UnicodeDecodeError) as err:
+        return f"the file is corrupted ({one_line(str(err))[:80]})"
+    return None
+
+
+def _load_error(err: BaseException) -> str:
+    text = str(err)
+    if isinstance(err, UnicodeDecodeError):
+        return "the file is corrupted (a record name does not decode)"
+    if "Weights only load failed" in text or "pickle" in text.lower():
+        return "the file is corrupted (its pickled data does not decode)"
+    first = text.splitlines()[0] if text else ""
+    return f"the file is corrupted (its data does not decode: {type(err).__name__}: {first[:100]})"
+
+
+def check_readable_file(path: str | Path, what: str, hint: str) -> None:
+    """``path`` is an existing, readable file.
+
+    Raises:
+        RECEError: it is missing, a folder or unreadable.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise RECEError(f"{what} {p} does not exist; {hint}")
+    if p.is_dir():
+        raise RECEError(f"{what} {p} is a folder; {hint}")
+    try:
+        with open(p, "rb") as handle:
+            handle.read(1)
+    except OSError as err:
+        raise RECEError(f"{what} {p} cannot be read ({err.strerror or err}); check its permissions") from err
+
+
+def run_folder_of(ckpt: Path) -> Path | None:
+    """The run folder (``…/lightning_logs/version_N``) that holds ``ckpt`` in its ``checkpoints/``, if any."""
+    ckpt = ckpt.expanduser().absolute()
+    run = ckpt.parent.parent
+    if ckpt.parent.name == "checkpoints" and any((run / f).exists() for f in ("config.yaml", "hparams.yaml")):
+        return run
+    return None
+
+
+def latest_checkpoint(folder: Path) -> tuple[Path, int] | None:
+    """The readable checkpoint of ``folder`` with the highest epoch (the newest file among equals) and its epoch."""
+    best: tuple[int, float, Path] | None = None
+    for path in folder.glob("*.ckpt"):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                epoch = int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("epoch", -1))
+        except Exception:  # half-written or corrupted: not a resume point
+            continue
+        key = (epoch, path.stat().st_mtime, path)
+        if best is None or key[:2] > best[:2]:
+            best = key
+    return None if best is None else (best[2], best[0])
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working folder when it is below it, else absolute."""
+    path = path.absolute()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+# ------------------------------------------------------------------------------------------------------- the CLI
 class RECECLI(LightningCLI):
     """LightningCLI whose trainer runs exactly one epoch per edit stage.
 
@@ -30,9 +289,27 @@ class RECECLI(LightningCLI):
     checkpoint, silently dropping e.g. the attacks of ``rece test --config attack.yaml`` (the erasure run had none)
     or a ``--model.torch_dtype float16``; here the user's config is authoritative, and a checkpoint that does not fit
     the model is refused when it is loaded.
+
+    Attributes:
+        argv: the command line as the user gave it (for the resume command printed on Ctrl-C).
     """
 
-    def add_arguments_to_parser(self, parser) -> None:
+    argv: list[str] | None = None
+
+    # --------------------------------------------------------------------------------------------- parser
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        """Lightning's subcommands, described as rece's stages instead of Lightning's generic text."""
+        self._subcommand_parsers: dict[str, LightningArgumentParser] = {}
+        subcommands = parser.add_subcommands(title="subcommands", metavar="{fit,validate,test,predict}")
+        for subcommand in self.subcommands():
+            short, description = SUBCOMMAND_HELP[subcommand]
+            subparser_kwargs = {"description": description, "formatter_class": _HelpFormatter,
+                                **kwargs.get(subcommand, {})}
+            subcommand_parser = self._prepare_subcommand_parser(self.trainer_class, subcommand, **subparser_kwargs)
+            self._subcommand_parsers[subcommand] = subcommand_parser
+            subcommands.add_subcommand(subcommand, subcommand_parser, help=short)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments(
             ("model.rece.iterations", "model.validate_original"), "trainer.max_epochs", compute_fn=_epochs
         )
@@ -40,33 +317,342 @@ class RECECLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """Keep the config's model section (see the class docstring) instead of the checkpoint's hyper-parameters."""
 
+    # --------------------------------------------------------------------------------------- start-up checks
+    def before_instantiate_classes(self) -> None:
+        """Check every path the run will read or write before anything is loaded (one clear error, no output)."""
+        subcommand = self.subcommand
+        if subcommand is None:
+            return
+        cfg = self.config[subcommand]
+        self._resume_run: Path | None = None
+        ckpt = cfg.get("ckpt_path")
+        if ckpt and str(ckpt) not in CKPT_KEYWORDS:
+            check_checkpoint(ckpt)
+            if subcommand == "fit":
+                self._resume_run = run_folder_of(Path(ckpt))
+        if self._resume_run is not None:
+            check_writable_dir(self._resume_run, "the run folder of --ckpt_path")
+        else:
+            check_writable_dir(cfg.get("trainer.default_root_dir") or os.getcwd(), "trainer.default_root_dir")
+        image_dir = cfg.get("model.generation.image_dir")
+        if image_dir:
+            check_writable_dir(image_dir, "model.generation.image_dir")
+        weights = cfg.get("model.uce.weights")
+        if weights:
+            check_readable_file(weights, "model.uce.weights",
+                                "give UCE's K/V weights (.safetensors, or a .pt UNet state dict)")
+        preserve_csv = cfg.get("model.preserve_csv")
+        if preserve_csv:
+            column = cfg.get("model.preserve_csv_column") or "artist"
+            columns, _ = read_csv(preserve_csv, "model.preserve_csv")
+            if column not in columns:
+                raise RECEError(f"model.preserve_csv {preserve_csv} has no column {column!r} (columns: {columns}); "
+                                "set model.preserve_csv_column")
+        data = cfg.get("data") or {}
+        check_prompts(
+            subcommand,
+            {kind: data.get(f"{kind}_prompts") for kind in ("val", "test", "predict")},
+            data.get("limit"),
+            data.get("kinds"),
+        )
 
-TRAINER_DEFAULTS = {
-    "devices": 1,
-    "num_sanity_val_steps": 0,
-    "log_every_n_steps": 1,
-    "enable_model_summary": False,
-}
+    # ------------------------------------------------------------------------------------------ run folder
+    def instantiate_trainer(self, **kwargs: Any):
+        """The trainer, with rece's run folder naming (see the module docstring) and no ``hp_metric``."""
+        trainer = super().instantiate_trainer(**kwargs)
+        configured = self.config[self.subcommand].get("trainer.logger") if self.subcommand else None
+        if configured in (None, True) and isinstance(trainer.logger, TensorBoardLogger):
+            trainer.logger = self._logger(Path(trainer.default_root_dir))
+        return trainer
+
+    def _logger(self, root: Path) -> TensorBoardLogger:
+        subcommand = self.subcommand
+        resume = getattr(self, "_resume_run", None)
+        if resume is not None:
+            number = re.fullmatch(r"version_(\d+)", resume.name)
+            return TensorBoardLogger(save_dir=resume.parent.parent, name=resume.parent.name,
+                                     version=int(number.group(1)) if number else resume.name, default_hp_metric=False)
+        logs = root / "lightning_logs"
+        version = os.environ.get(VERSION_ENV) if os.environ.get("LOCAL_RANK", "0") != "0" else None
+        if version is None:
+            if subcommand == "fit":
+                numbers = [int(m.group(1)) for p in (logs.iterdir() if logs.is_dir() else [])
+                           if (m := re.fullmatch(r"version_(\d+)", p.name)) and p.is_dir()]
+                version = str(max(numbers, default=-1) + 1)
+            else:
+                version = _unique(logs, f"{subcommand}-{self._evaluated()}")
+            os.environ[VERSION_ENV] = version  # for DDP processes started by this one
+        # an int version N names the folder version_N (Lightning's convention); a string is the folder name
+        named: int | str = int(version) if version.isdigit() else version
+        return TensorBoardLogger(save_dir=root, name="lightning_logs", version=named, default_hp_metric=False)
+
+    def _evaluated(self) -> str:
+        """What a validate/test/predict call evaluates: ``original`` or the checkpoint (with its run folder)."""
+        ckpt = self.config[self.subcommand].get("ckpt_path")
+        if not ckpt:
+            return "original"
+        if str(ckpt) in CKPT_KEYWORDS:
+            return str(ckpt)
+        path = Path(ckpt)
+        run = run_folder_of(path)
+        return f"{run.name}-{path.stem}" if run is not None else path.stem
+
+    # ---------------------------------------------------------------------------------------------- running
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run the subcommand; print results with full metric names; on failure clean up and say how to resume."""
+        before_fn = getattr(self, f"before_{subcommand}", None)
+        if callable(before_fn):
+            before_fn()
+        fn = getattr(self, subcommand, getattr(self.trainer, subcommand))
+        fn_kwargs = self._prepare_subcommand_kwargs(subcommand)
+        verbose = bool(fn_kwargs.get("verbose", True))
+        if "verbose" in fn_kwargs:
+            fn_kwargs["verbose"] = False  # Lightning's table truncates metric names; see print_results
+        run = self._run_dir()
+        root = Path(self.trainer.default_root_dir).absolute()
+        fresh = [p for p in (root, root / "lightning_logs", run) if p is not None and not p.exists()]
+        if _first_process(self.trainer) and run is not None:
+            verb = "resumes" if getattr(self, "_resume_run", None) is not None else "writes to"
+            print(f"rece: {subcommand} {verb} {_shown(run)}", flush=True)
+        try:
+            results = fn(**fn_kwargs)
+        except BaseException as err:
+            interrupted = isinstance(err, (SystemExit, KeyboardInterrupt)) and (
+                self.trainer.state.status == TrainerStatus.INTERRUPTED or isinstance(err, KeyboardInterrupt))
+            if _first_process(self.trainer):
+                self._after_failure(subcommand, run, fresh, interrupted)
+            if interrupted:
+                raise _Interrupted() from None
+            raise
+        finally:
+            os.environ.pop(VERSION_ENV, None)
+        if verbose and results and _first_process(self.trainer) and subcommand in ("validate", "test"):
+            print_results(results, subcommand)
+        after_fn = getattr(self, f"after_{subcommand}", None)
+        if callable(after_fn):
+            after_fn()
+
+    def _run_dir(self) -> Path | None:
+        logger = self.trainer.logger
+        if logger is None:
+            return None
+        folder = getattr(logger, "log_dir", None)
+        return Path(folder).absolute() if folder else None
+
+    def _after_failure(self, subcommand: str, run: Path | None, fresh: list[Path], interrupted: bool) -> None:
+        """Remove what this call created when nothing in it can be reused; for fit, say how to resume."""
+        checkpoints = run / "checkpoints" if run is not None else None
+        latest = latest_checkpoint(checkpoints) if checkpoints is not None and checkpoints.is_dir() else None
+        given = self.config[subcommand].get("ckpt_path")
+        if latest is not None and given and not interrupted and Path(given).absolute() == latest[0].absolute():
+            latest = None  # nothing new since the checkpoint this call started from: no resume point to offer
+        if subcommand == "fit" and latest is not None:
+            ckpt, epoch = latest
+            stages = list(getattr(self.model, "stages", []))
+            done = stages[: epoch + 1] if stages else [f"epoch {i}" for i in range(epoch + 1)]
+            total = len(stages) if stages else "?"
+            what = "interrupted" if interrupted else "stopped"
+            print(f"rece: {what} after {epoch + 1} of {total} stages ({', '.join(done)}); "
+                  f"their checkpoints are in {_shown(checkpoints)}", file=sys.stderr)
+            print(f"rece: to resume: {resume_command(self.argv, ckpt)}", file=sys.stderr, flush=True)
+            return
+        for path in reversed(fresh):  # run folder first, then lightning_logs and the root if they are now empty
+            if not path.exists():
+                continue
+            if path == run:
+                shutil.rmtree(path, ignore_errors=True)
+            elif not any(path.iterdir()):
+                path.rmdir()
+        if interrupted:
+            what = "before any stage was saved; nothing to resume" if subcommand == "fit" else "; nothing was kept"
+            print(f"rece: interrupted {what}".replace(" ;", ";"), file=sys.stderr, flush=True)
+
+
+def _first_process(trainer) -> bool:
+    """Global rank zero, also before the strategy has set the ranks (DDP processes started by the first one carry
+    their ranks in the environment from the start)."""
+    started = all(os.environ.get(name, "0") == "0" for name in ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK"))
+    return started and trainer.is_global_zero
+
+
+class _Interrupted(Exception):
+    """Ctrl-C ended the run (Lightning already shut it down)."""
+
+
+def _unique(folder: Path, name: str) -> str:
+    """``name``, or ``name-2``, ``name-3`` … when ``folder/name`` exists."""
+    name = re.sub(r"[^\w.=+-]+", "_", name)
+    candidate, n = name, 1
+    while (folder / candidate).exists():
+        n += 1
+        candidate = f"{name}-{n}"
+    return candidate
+
+
+def resume_command(argv: list[str] | None, ckpt: Path) -> str:
+    """The user's ``rece fit`` command line with ``--ckpt_path`` set to ``ckpt``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg == "--ckpt_path":
+            skip = True
+            continue
+        if arg.startswith("--ckpt_path="):
+            continue
+        kept.append(arg)
+    return shlex.join(["rece", *kept, "--ckpt_path", _shown(ckpt)])
+
+
+def print_results(results: list[dict[str, Any]], subcommand: str) -> None:
+    """The metrics of ``rece validate``/``rece test``, one per line with the full name (any terminal width)."""
+    merged: dict[str, float] = {}
+    for result in results:
+        for key, value in result.items():
+            merged[key.split("/dataloader_idx_")[0]] = float(value)
+    if not merged:
+        return
+    width = max(len(k) for k in merged)
+    print(f"rece {subcommand}: results")
+    for key in sorted(merged):
+        print(f"  {key:<{width}}  {merged[key]:.6g}")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+def _own_options(argv: list[str]) -> tuple[list[str], bool, str | None]:
+    """Remove ``--debug`` and ``--threads N`` (allowed anywhere on the line) from ``argv``."""
+    rest: list[str] = []
+    debug, threads = False, None
+    it = iter(argv)
+    for arg in it:
+        if arg == "--debug":
+            debug = True
+        elif arg == "--threads":
+            threads = next(it, "")
+        elif arg.startswith("--threads="):
+            threads = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    return rest, debug, threads
+
+
+def _subcommand_of(argv: list[str]) -> str | None:
+    return next((a for a in argv if a in SUBCOMMAND_HELP), None)
+
+
+def _usage_message(message: str, argv: list[str]) -> str:
+    """A jsonargparse error as one line that names the fix."""
+    text = one_line(message)
+    if "trainer.max_epochs" in text:
+        return MAX_EPOCHS_MESSAGE
+    if '"subcommand"' in text and "not provided" in text:
+        return "no subcommand: use rece fit, rece validate, rece test or rece predict (see rece --help)"
+    subcommand = _subcommand_of(argv)
+    return f"{text} (see rece {subcommand} --help)" if subcommand else f"{text} (see rece --help)"
+
+
+MAX_EPOCHS_MESSAGE = (
+    "trainer.max_epochs cannot be set: rece fit runs one epoch per stage, so the number of stages comes from "
+    "model.rece.iterations (RECE iterations) and model.validate_original (the 'original' stage), "
+    "e.g. --model.rece.iterations 2"
+)
+
+
+def _config_sets_max_epochs(argv: list[str]) -> str | None:
+    """The config file given on the command line that sets ``trainer.max_epochs`` (the link from the stages would
+    silently override it), if any."""
+    import yaml
+
+    paths = [b for a, b in zip(argv, argv[1:], strict=False) if a in ("--config", "-c")]
+    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for path in paths:
+        try:
+            config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue  # the parser reports unreadable config files
+        sections = [config] + [config.get(s) for s in SUBCOMMAND_HELP] if isinstance(config, dict) else []
+        for section in sections:
+            trainer = section.get("trainer") if isinstance(section, dict) else None
+            if isinstance(trainer, dict) and trainer.get("max_epochs") is not None:
+                return path
+    return None
+
+
+def _fail(message: str, debug: bool, code: int = EXIT_USAGE) -> None:
+    if debug:
+        traceback.print_exc()
+    print(f"rece: error: {one_line(message)}", file=sys.stderr, flush=True)
+    raise SystemExit(code) from None
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``rece`` console script."""
-    # the frozen diffusion model is in eval mode on purpose, and closed-form steps use no data workers
-    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    register_strategy("ddp", override=True)  # fit shards validation; no gradient wrapper (see strategy.py)
+    """Entry point of the ``rece`` console script (``args``: the command line without the program name)."""
+    saved = {name: os.environ.get(name) for name in (DEBUG_ENV, THREADS_ENV, "OMP_NUM_THREADS", VERSION_ENV)}
+    threads = torch.get_num_threads()
     try:
+        _main(args)
+    finally:  # called from Python (tests, notebooks): leave the environment and torch's threads as they were
+        torch.set_num_threads(threads)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _main(args: list[str] | None) -> None:
+    quiet.install()
+    argv = list(sys.argv[1:] if args is None else args)
+    parser_args, debug, threads = _own_options(argv)
+    debug = debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    if debug:
+        os.environ[DEBUG_ENV] = "1"  # DDP processes re-run the command line; they inherit the environment
+    if threads is not None:
+        os.environ[THREADS_ENV] = threads
+    # the arguments are always passed explicitly (--debug and --threads removed), so Lightning's warning about
+    # args given next to sys.argv does not apply
+    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended to run from within")
+    register_strategy("ddp", override=True)  # fit shards validation; no gradient wrapper (see strategy.py)
+    RECECLI.argv = argv
+    if not sys.stderr.isatty():
+        quiet.disable_loading_bars()  # tqdm bars of model loading are junk lines in logs
+    # a progress bar outside a terminal prints only its last state; the stage lines say more
+    defaults = {**TRAINER_DEFAULTS, "enable_progress_bar": sys.stdout.isatty(), "callbacks": [StageReport()]}
+    try:
+        configure_threads()
+        config = _config_sets_max_epochs(parser_args)
+        if config is not None:
+            raise RECEError(f"{config}: {MAX_EPOCHS_MESSAGE}")
         RECECLI(
             RECEModule,
             RECEDataModule,
-            trainer_defaults=TRAINER_DEFAULTS,
+            trainer_defaults=defaults,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
-            args=args,
+            parser_kwargs={
+                "prog": "rece", "description": MAIN_HELP, "formatter_class": _HelpFormatter, "exit_on_error": False,
+                **{sub: {"prog": f"rece {sub}", "exit_on_error": False} for sub in SUBCOMMAND_HELP},
+            },
+            args=parser_args,
         )
+    except ArgumentError as err:
+        _fail(_usage_message(str(err), parser_args), debug)
     except RECEError as err:
-        print(f"rece: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(str(err), debug)
+    except MisconfigurationException as err:
+        _fail(str(err), debug)
+    except OSError as err:
+        if err.filename is None:
+            raise
+        _fail(f"{err.filename}: {err.strerror or err}; check the path and its permissions", debug)
+    except (_Interrupted, KeyboardInterrupt):
+        if isinstance(sys.exc_info()[1], KeyboardInterrupt):
+            print("rece: interrupted", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from its own seed, so results do not depend on batching or on how many processes
 from __future__ import annotations
 
 import csv
+import io
+import math
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +32,55 @@ def resolve_prompts(path: str | Path) -> Path:
     return Path(path)
 
 
+def _decode_error(path: Path, err: UnicodeDecodeError, raw: bytes) -> RECEError:
+    line = raw.count(b"\n", 0, err.start) + 1
+    return RECEError(
+        f"{path} is not UTF-8 text (byte 0x{raw[err.start]:02x} on line {line}); save it as UTF-8, "
+        f"e.g. iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8.csv"
+    )
+
+
+def read_csv(path: str | Path, what: str = "CSV file") -> tuple[list[str], list[dict[str, str]]]:
+    """The columns and rows of a UTF-8 CSV (a byte-order mark is accepted), or one :class:`RECEError` naming the
+    problem: the file is missing, a folder, unreadable, not UTF-8 or not parseable as CSV."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise RECEError(f"{what} {path} does not exist; give the path of a CSV file")
+    if path.is_dir():
+        raise RECEError(f"{what} {path} is a folder; give the path of a CSV file")
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise RECEError(f"{what} {path} cannot be read ({err.strerror or err}); check its permissions") from err
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise _decode_error(path, err, raw) from err
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        columns = [c.strip() for c in reader.fieldnames or []]
+        reader.fieldnames = columns
+        rows = list(reader)
+    except csv.Error as err:
+        raise RECEError(f"{path} is not a valid CSV file ({err}); save it as comma-separated text") from err
+    return columns, rows
+
+
 def read_prompts(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
     """Rows of a prompt CSV as dicts with ``row`` (0-based index in the file, unique), ``prompt``, ``seed``,
     ``case_number``, ``guidance`` (``None`` when the file has none) and the file's other columns as strings.
-    ``path`` may be ``testbed:<concept>`` (see :func:`resolve_prompts`)."""
+    ``path`` may be ``testbed:<concept>`` (see :func:`resolve_prompts`).
+
+    Raises:
+        RECEError: the file is missing, unreadable, not UTF-8 or not CSV, has no ``prompt`` column, no rows, or a
+            seed, case number or guidance that is not a number.
+    """
     path = resolve_prompts(path)
-    if not path.is_file():
+    if not path.exists():
         raise RECEError(f"prompt file {path} does not exist; give the path of a CSV with a 'prompt' column")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        if "prompt" not in columns:
-            raise RECEError(f"{path} has no 'prompt' column (columns: {columns})")
-        raw = list(reader)
+    columns, raw = read_csv(path, "prompt file")
+    if "prompt" not in columns:
+        raise RECEError(f"{path} has no 'prompt' column (columns: {columns})")
     rows = []
     for index, row in enumerate(raw[:limit] if limit is not None else raw):
         seed = row.get("evaluation_seed") or row.get("seed") or "0"
@@ -55,8 +93,10 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[dict[str, A
                 "case_number": int(float(row["case_number"])) if row.get("case_number") else index,
                 "guidance": float(guidance) if guidance is not None else None,
             }
-        except ValueError as err:
-            raise RECEError(f"{path}, row {index + 2}: {err}; seeds, case numbers and guidance must be numbers") from err
+        except (ValueError, OverflowError) as err:
+            raise RECEError(f"{path}, line {index + 2}: {err}; seeds, case numbers and guidance must be numbers") from err
+        if parsed["guidance"] is not None and not math.isfinite(parsed["guidance"]):
+            raise RECEError(f"{path}, line {index + 2}: guidance {guidance!r} is not a finite number")
         rows.append({**row, **parsed})
     if not rows:
         raise RECEError(f"{path} has no prompt rows")
@@ -102,6 +142,37 @@ class _EditSteps(Dataset):
         return index
 
 
+STAGE_PROMPTS: dict[str, str] = {"fit": "val", "validate": "val", "test": "test", "predict": "predict"}
+"""Which prompt file each Lightning stage reads (``data.<kind>_prompts``)."""
+
+
+def check_prompts(
+    stage: str,
+    prompts: dict[str, str | list[str] | None],
+    limit: int | None = None,
+    kinds: list[str] | None = None,
+) -> None:
+    """Read the prompt files that ``stage`` will use, so that a bad file is reported before any work.
+
+    Args:
+        stage: ``fit`` (validation prompts, optional), ``validate``, ``test`` or ``predict`` (required).
+        prompts: ``{"val": ..., "test": ..., "predict": ...}``, the datamodule's prompt arguments.
+        limit, kinds: as :class:`RECEDataModule`.
+
+    Raises:
+        RECEError: the stage needs a prompt file that is not set, or a file cannot be used (see :func:`read_prompts`).
+    """
+    kind = STAGE_PROMPTS.get(stage)
+    if kind is None:
+        return
+    path = prompts.get(kind)
+    if path is None:
+        if stage == "fit":
+            return
+        raise RECEError(f"rece {stage} needs prompts: set data.{kind}_prompts to a CSV with a 'prompt' column")
+    PromptDataset(path, limit, kinds)
+
+
 def collate_rows(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
     """Column-wise batch: ``{"prompt": [...], "seed": [...], ...}`` (values stay Python objects)."""
     keys = rows[0].keys()
@@ -138,7 +209,7 @@ class RECEDataModule(L.LightningDataModule):
 
     def _loader(self, path: str | list[str] | None, stage: str) -> DataLoader:
         if path is None:
-            raise RECEError(f"no prompt file for {stage}; set data.{stage}_prompts to a CSV path")
+            raise RECEError(f"no prompt file for {stage}; set data.{stage}_prompts to a CSV with a 'prompt' column")
         dataset = PromptDataset(path, self.limit, self.kinds)
         return DataLoader(dataset, batch_size=self.batch_size, collate_fn=collate_rows)
 

@@ -1,30 +1,60 @@
-"""Shared fixtures: the real CLIP tokenizer from ../shared and tiny random pipelines saved to disk."""
+"""Shared fixtures: the real CLIP tokenizer (shipped in tests/fixtures), a small prompt CSV, the paper prompt sets
+from ../shared (optional) and tiny random pipelines saved to disk.
+
+Everything but the paper prompt sets ships with the repository, so the suite runs from a plain clone. Tests that
+read ``../shared/prompts`` are marked ``prompt_sets`` and skip with a reason that starts with
+:data:`PROMPT_SETS_SKIP` when the folder is absent; ``.ci/run`` fails on any other skip. Set ``RECE_SHARED_DIR`` to
+use another folder than ``../shared`` (a missing path hides it, as in a plain clone).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-TOKENIZER = SHARED / "fixtures" / "clip-tokenizer"
+FIXTURES = REPO / "tests" / "fixtures"
+TOKENIZER = FIXTURES / "clip-tokenizer"
+SMALL_PROMPTS = FIXTURES / "prompts" / "nudity.csv"
+SHARED = Path(os.environ.get("RECE_SHARED_DIR") or REPO.parent / "shared")
 PROMPTS = SHARED / "prompts"
+PROMPT_SETS_SKIP = "prompt sets:"
+"""Start of the skip reason of every test that needs the paper prompt sets (``.ci/run`` allows only these skips)."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "prompt_sets: needs the paper prompt sets of ../shared/prompts")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that uses the ``prompts_dir`` fixture (directly or through other fixtures)."""
+    for item in items:
+        if "prompts_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.prompt_sets)
 
 
 @pytest.fixture(scope="session")
 def tokenizer_path() -> Path:
-    if not (TOKENIZER / "vocab.json").is_file():
-        pytest.skip(f"the CLIP tokenizer fixture is not at {TOKENIZER}")
+    """The CLIP tokenizer shipped with the tests (never skipped: a missing copy is an error)."""
+    assert (TOKENIZER / "vocab.json").is_file(), f"the CLIP tokenizer fixture is missing from {TOKENIZER}"
     return TOKENIZER
 
 
 @pytest.fixture(scope="session")
 def prompts_dir() -> Path:
+    """The paper prompt sets (``../shared/prompts``); the only fixture allowed to skip."""
     if not PROMPTS.is_dir():
-        pytest.skip(f"the paper prompt sets are not at {PROMPTS}")
+        pytest.skip(f"{PROMPT_SETS_SKIP} the paper prompt sets are not at {PROMPTS}")
     return PROMPTS
+
+
+@pytest.fixture(scope="session")
+def small_prompts() -> Path:
+    """Four validation prompts named ``nudity.csv`` (scored by the callbacks of configs/nudity.yaml)."""
+    return SMALL_PROMPTS
 
 
 def _save(tokenizer_path: Path, root: Path, shape: str) -> Path:

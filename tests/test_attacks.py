@@ -152,7 +152,7 @@ trainer:
     - class_path: rece_lightning.callbacks.AttackReport
 """)
     main(["test", "--config", str(config)])
-    version = tmp_path / "run" / "lightning_logs" / "version_0"
+    version = tmp_path / "run" / "lightning_logs" / "test-original"  # named by what it attacked: the base model
     (result,) = (version / "eval").glob("test-*/classifier.json")
     document = json.loads(result.read_text())
     attacks = ("no_attack", "inversion", "ring_a_bell_continuous", "unlearndiff")
@@ -195,7 +195,7 @@ trainer:
   callbacks: [{{class_path: rece_lightning.callbacks.AttackReport}}]
 """)
     main(["test", "--config", str(tmp_path / "test.yaml"), "--ckpt_path", str(ckpt)])
-    version = tmp_path / "test" / "lightning_logs" / "version_0"
+    version = tmp_path / "test" / "lightning_logs" / f"test-version_0-{ckpt.stem}"  # named by the checkpoint
     report = version / "attacks" / "rece-1"  # the checkpoint's stage
     assert sorted(p.name for p in report.iterdir()) == ["inversion", "no_attack"]
     assert "torch_dtype: float64" in (version / "config.yaml").read_text()

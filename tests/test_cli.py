@@ -30,10 +30,10 @@ def _fit(model: Path, root: Path, prompts: Path | None, *extra: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fitted(tiny_sd1, prompts_dir, tmp_path_factory):
+def fitted(tiny_sd1, small_prompts, tmp_path_factory):
     before = tree_digest(tiny_sd1)
     root = tmp_path_factory.mktemp("run")
-    version = _fit(tiny_sd1, root, prompts_dir / "nudity.csv")
+    version = _fit(tiny_sd1, root, small_prompts)
     assert tree_digest(tiny_sd1) == before, "the source model folder was modified"
     return version
 

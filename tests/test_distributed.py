@@ -103,8 +103,9 @@ def test_ddp_validate_gives_the_same_numbers_as_one_process(tiny_sd1, tmp_path):
                         "--trainer.callbacks+=rece_lightning.callbacks.ClassifierAccuracy",
                         "--trainer.callbacks.name=targets_only", "--trainer.callbacks.sources=[target]"], tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
-        document = json.loads((root / "lightning_logs/version_0/eval/original/classifier.json").read_text())
-        only = json.loads((root / "lightning_logs/version_0/eval/original/targets_only.json").read_text())
+        evaluation = root / "lightning_logs" / "validate-original"  # rece validate names its folder by its model
+        document = json.loads((evaluation / "eval/original/classifier.json").read_text())
+        only = json.loads((evaluation / "eval/original/targets_only.json").read_text())
         assert document["world_size"] == n and len(document["records"]) == 5
         assert [r["row"] for r in only["records"]] == [0, 1, 2]  # the sources filter kept the first file
         summaries[n] = document["summary"]

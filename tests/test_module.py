@@ -45,10 +45,10 @@ class _StageScore(L.Callback):
         pl_module.log("val/score", {"original": 5.0, "uce": 1.0}.get(pl_module.stage, 3.0))
 
 
-def test_keep_best_restores_the_best_stage(tiny_sd1, tmp_path, prompts_dir):
+def test_keep_best_restores_the_best_stage(tiny_sd1, tmp_path, small_prompts):
     module = RECEModule(pretrained=str(tiny_sd1), concepts=["nudity"], keep_best="val/score",
                         generation={"num_inference_steps": 1}, rece={"iterations": 2})
-    data = RECEDataModule(val_prompts=str(prompts_dir / "nudity.csv"), limit=1)
+    data = RECEDataModule(val_prompts=str(small_prompts), limit=1)
     trainer = L.Trainer(max_epochs=4, callbacks=[_StageScore()], default_root_dir=tmp_path, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0)
     trainer.fit(module, data)

@@ -8,6 +8,7 @@ from rece_lightning.callbacks.fid import FrechetDistance
 from rece_lightning.callbacks.image_grid import ImageGridLogger
 from rece_lightning.callbacks.metric import ImageMetric
 from rece_lightning.callbacks.nudenet import NudeNetMetric
+from rece_lightning.callbacks.report import StageReport
 from rece_lightning.callbacks.tradeoff import TradeoffLayout
 
 __all__ = [
@@ -19,5 +20,6 @@ __all__ = [
     "ImageGridLogger",
     "ImageMetric",
     "NudeNetMetric",
+    "StageReport",
     "TradeoffLayout",
 ]

@@ -20,7 +20,8 @@ Reference (``reference``):
 * ``"original"`` (default): the images of the unedited model on the same prompts and seeds — within one ``rece fit``
   the validation of the ``original`` stage runs first and becomes the reference of every later stage; each record then
   also holds ``feature_distance``, the L2 distance to the original image of the same row. The reference features are
-  saved as ``<log_dir>/eval/original/<name>_features.npz`` so that a later ``rece validate`` can use them.
+  saved as ``<log_dir>/eval/original/<name>_features.npz`` so that a later ``rece validate`` can use them, and a
+  ``rece fit`` resumed in its run folder (``--ckpt_path``) after the ``original`` stage reloads them.
 * a folder of real images (``*.png``, ``*.jpg``, ``*.jpeg``, ``*.webp``, sorted by name; every process computes the
   same features), or a ``.npz`` written by this callback (``rows``, ``features``).
 """
@@ -225,6 +226,21 @@ class FrechetDistance(ImageMetric):
         """Use these features (one per prompt row) as the reference set."""
         self._reference = {int(r): np.asarray(f) for r, f in zip(rows, features, strict=True)}
         self._reference_info = {"reference": source, "reference_images": len(self._reference)}
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_epoch_start(trainer, pl_module)
+        if self.reference == "original" and self._reference is None and not trainer.sanity_checking:
+            self._resume_reference(trainer)
+
+    def _resume_reference(self, trainer: L.Trainer) -> None:
+        """A resumed ``rece fit`` (``--ckpt_path`` into its run folder) starts after the ``original`` stage: use the
+        reference features that stage saved in the run folder."""
+        path = run_dir(trainer) / "eval" / "original" / f"{self.name}_features.npz"
+        if not path.is_file():
+            return
+        with np.load(path) as data:
+            self.set_reference(data["rows"], data["features"], "original")
+        self._reference_info["reference_file"] = str(path)
 
     # ---------------------------------------------------------------------------------- ImageMetric
     def score(self, images: list[Image.Image], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

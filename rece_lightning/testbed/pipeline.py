@@ -75,6 +75,9 @@ def load_testbed_pipeline(
         A pipeline whose ``__call__`` produces 32x32 images, e.g.
         ``pipe("a red triangle", num_inference_steps=20, guidance_scale=5.0)``.
     """
+    from rece_lightning import quiet
+
+    quiet.install()  # the BERT text encoder's unused pooler and its type are reported as problems; they are not
     folder = folder or TESTBED_DIR
     pipe = StableDiffusionPipeline.from_pretrained(
         folder,
