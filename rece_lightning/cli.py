@@ -24,13 +24,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shlex
 import shutil
 import sys
-import tempfile
 import traceback
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +43,25 @@ from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 from lightning.pytorch.trainer.states import TrainerStatus  # noqa: E402
 
 from rece_lightning.callbacks.report import StageReport  # noqa: E402
+from rece_lightning.checks import (  # noqa: E402
+    check_checkpoint,
+    check_readable_file,
+    check_writable_dir,
+    latest_checkpoint,
+    one_line,
+    run_folder_of,
+    shown_path,
+)
+from rece_lightning.cli_text import (  # noqa: E402
+    MAIN_HELP,
+    MAX_EPOCHS_MESSAGE,
+    SUBCOMMAND_HELP,
+    config_sets_max_epochs,
+    own_options,
+    print_results,
+    resume_command,
+    usage_message,
+)
 from rece_lightning.data import RECEDataModule, check_prompts, read_csv  # noqa: E402
 from rece_lightning.errors import RECEError  # noqa: E402
 from rece_lightning.module import RECEModule  # noqa: E402
@@ -64,56 +80,6 @@ CKPT_KEYWORDS = ("last", "best", "hpc", "registry")
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-MAIN_HELP = """\
-Erase a concept from a Stable Diffusion model with RECE (closed-form edits of the cross-attention keys and values,
-ECCV 2024) and measure that it is gone.
-
-  rece fit       erase: one stage per epoch, validated after each one: original (the unedited model), uce (the first
-                 closed-form edit), rece-1 ... rece-N (model.rece.iterations RECE iterations); writes checkpoints,
-                 TensorBoard logs and the exported edit to <trainer.default_root_dir>/lightning_logs/version_N
-  rece validate  evaluate the base model, or the edit of --ckpt_path, on data.val_prompts
-  rece test      red-team: run model.attacks on data.test_prompts; attack success rate per attack
-  rece predict   generate the images of data.predict_prompts
-
-Every subcommand also takes --debug (or RECE_DEBUG=1: show the traceback of an error) and --threads N (or
-RECE_NUM_THREADS=N: CPU threads per process). Example: rece fit --config configs/testbed.yaml"""
-
-SUBCOMMAND_HELP = {
-    "fit": (
-        "erase: original, uce, rece-1 ... rece-N, one stage per epoch, each validated",
-        """\
-Erase model.concepts: one closed-form stage per epoch, each followed by a validation on data.val_prompts:
-  original   the unedited model (the baseline; --model.validate_original false skips it)
-  uce        the first edit (UCE: each concept's tokens mapped to its anchor, model.uce)
-  rece-1 ... RECE iterations (model.rece.iterations): derive the embedding that still regenerates the concept, erase it
-The number of stages follows from model.rece.iterations and model.validate_original (trainer.max_epochs is set from
-them). Writes <trainer.default_root_dir>/lightning_logs/version_N: checkpoints/, eval/<stage>/, export/ and the
-TensorBoard logs. An interrupted run resumes in place: rece fit <same arguments> --ckpt_path
-<run>/checkpoints/<last stage>.ckpt (Ctrl-C prints this command).""",
-    ),
-    "validate": (
-        "evaluate: generate data.val_prompts and score them with the metric callbacks",
-        """\
-Evaluate a model: generate the images of data.val_prompts (each row with its own seed) and score them with the
-metric callbacks. Evaluates the base model (model.pretrained), or the edit of --ckpt_path (a checkpoint of rece fit,
-restored onto the base model). Writes <trainer.default_root_dir>/lightning_logs/validate-<checkpoint> (or
-validate-original).""",
-    ),
-    "test": (
-        "red-team: run model.attacks on data.test_prompts, attack success rate per attack",
-        """\
-Red-team a model: run every attack of model.attacks on data.test_prompts, generate from what each attack found and
-report the attack success rate per attack (test/<attack>/asr) with the metric callbacks. Attacks the base model, or
-the edit of --ckpt_path. Writes <trainer.default_root_dir>/lightning_logs/test-<checkpoint> (or test-original).""",
-    ),
-    "predict": (
-        "generate: the images of data.predict_prompts",
-        """\
-Generate the images of data.predict_prompts (each row with its own seed) with the base model or the edit of
---ckpt_path; saves them under model.generation.image_dir or <trainer.default_root_dir>/images.""",
-    ),
-}
-
 TRAINER_DEFAULTS: dict[str, Any] = {
     "devices": 1,
     "num_sanity_val_steps": 0,
@@ -129,155 +95,6 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter)
 def _epochs(iterations: int, validate_original: bool) -> int:
     """One epoch per stage: (original) + UCE + RECE iterations."""
     return int(validate_original) + 1 + int(iterations)
-
-
-def one_line(text: str) -> str:
-    """``text`` on one line (whitespace runs collapsed)."""
-    return " ".join(str(text).split())
-
-
-# ----------------------------------------------------------------------------------------------- start-up checks
-def check_writable_dir(path: str | Path, what: str) -> Path:
-    """``path`` is, or can be created as, a folder this process can write to; nothing is left behind.
-
-    Raises:
-        RECEError: ``path`` (or one of its parents) is a file, or the nearest existing folder is not writable.
-    """
-    path = Path(path).expanduser().absolute()
-    existing = path
-    while not existing.exists():
-        if existing.parent == existing:
-            break
-        existing = existing.parent
-    if not existing.is_dir():
-        raise RECEError(f"{what} {path} cannot be created: {existing} is a file, not a folder; choose another folder")
-    try:  # the only reliable test (permissions, read-only file systems, root squash …): create and remove a file
-        fd, probe = tempfile.mkstemp(prefix=".rece-write-test-", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise RECEError(f"{what} {path} is not writable ({existing}: {reason}); choose a folder you can write to") from err
-    return path
-
-
-def check_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Open a checkpoint the way Lightning will (``torch.load(weights_only=True)``, memory-mapped) and return it.
-
-    Raises:
-        RECEError: the file is missing, a folder, unreadable, truncated, corrupted or not a Lightning checkpoint.
-    """
-    path = Path(path).expanduser()
-    hint = "give a checkpoint written by rece fit (<run>/checkpoints/*.ckpt)"
-    if not path.exists():
-        raise RECEError(f"--ckpt_path {path} does not exist; {hint}")
-    if path.is_dir():
-        found = sorted(p.name for p in path.glob("*.ckpt")) or sorted(p.name for p in path.glob("checkpoints/*.ckpt"))
-        more = f" (it holds {', '.join(found[:4])})" if found else ""
-        raise RECEError(f"--ckpt_path {path} is a folder{more}; {hint}")
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as err:
-        raise RECEError(f"--ckpt_path {path} cannot be read ({err.strerror or err}); check its permissions") from err
-    problem = _zip_problem(path)
-    checkpoint = None
-    if problem is None:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as err:  # torch raises RuntimeError, UnpicklingError, UnicodeDecodeError, OSError …
-            problem = _load_error(err)
-    if problem is not None:
-        raise RECEError(
-            f"--ckpt_path {path} cannot be read: {problem}; use another checkpoint of the run (e.g. the previous "
-            "stage's) or run rece fit again"
-        )
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise RECEError(
-            f"--ckpt_path {path} is not a Lightning checkpoint (no state_dict); {hint}. "
-            "Edited K/V weights (kv_weights.safetensors) go to --model.uce.weights instead"
-        )
-    return checkpoint
-
-
-def _zip_problem(path: Path) -> str | None:
-    """Why ``path`` is not a complete zip archive (the container of every torch checkpoint), or ``None``."""
-    with open(path, "rb") as handle:
-        head = handle.read(4)
-    if head != b"PK\x03\x04":
-        return "it is not a torch checkpoint (no zip archive)"
-    if not zipfile.is_zipfile(path):
-        return "the file is truncated (its zip directory is missing)"
-    try:
-        with zipfile.ZipFile(path) as archive:
-            archive.infolist()
-    except (zipfile.BadZipFile, OSError, UnicodeDecodeError) as err:
-        return f"the file is corrupted ({one_line(str(err))[:80]})"
-    return None
-
-
-def _load_error(err: BaseException) -> str:
-    text = str(err)
-    if isinstance(err, UnicodeDecodeError):
-        return "the file is corrupted (a record name does not decode)"
-    if "Weights only load failed" in text or "pickle" in text.lower():
-        return "the file is corrupted (its pickled data does not decode)"
-    first = text.splitlines()[0] if text else ""
-    return f"the file is corrupted (its data does not decode: {type(err).__name__}: {first[:100]})"
-
-
-def check_readable_file(path: str | Path, what: str, hint: str) -> None:
-    """``path`` is an existing, readable file.
-
-    Raises:
-        RECEError: it is missing, a folder or unreadable.
-    """
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise RECEError(f"{what} {p} does not exist; {hint}")
-    if p.is_dir():
-        raise RECEError(f"{what} {p} is a folder; {hint}")
-    try:
-        with open(p, "rb") as handle:
-            handle.read(1)
-    except OSError as err:
-        raise RECEError(f"{what} {p} cannot be read ({err.strerror or err}); check its permissions") from err
-
-
-def run_folder_of(ckpt: Path) -> Path | None:
-    """The run folder (``…/lightning_logs/version_N``) that holds ``ckpt`` in its ``checkpoints/``, if any."""
-    ckpt = ckpt.expanduser().absolute()
-    run = ckpt.parent.parent
-    if ckpt.parent.name == "checkpoints" and any((run / f).exists() for f in ("config.yaml", "hparams.yaml")):
-        return run
-    return None
-
-
-def latest_checkpoint(folder: Path) -> tuple[Path, int] | None:
-    """The readable checkpoint of ``folder`` with the highest epoch (the newest file among equals) and its epoch."""
-    best: tuple[int, float, Path] | None = None
-    for path in folder.glob("*.ckpt"):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                epoch = int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("epoch", -1))
-        except Exception:  # half-written or corrupted: not a resume point
-            continue
-        key = (epoch, path.stat().st_mtime, path)
-        if best is None or key[:2] > best[:2]:
-            best = key
-    return None if best is None else (best[2], best[0])
-
-
-def _shown(path: Path) -> str:
-    """``path`` relative to the working folder when it is below it, else absolute."""
-    path = path.absolute()
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
 
 
 # ------------------------------------------------------------------------------------------------------- the CLI
@@ -413,7 +230,7 @@ class RECECLI(LightningCLI):
         fresh = [p for p in (root, root / "lightning_logs", run) if p is not None and not p.exists()]
         if _first_process(self.trainer) and run is not None:
             verb = "resumes" if getattr(self, "_resume_run", None) is not None else "writes to"
-            print(f"rece: {subcommand} {verb} {_shown(run)}", flush=True)
+            print(f"rece: {subcommand} {verb} {shown_path(run)}", flush=True)
         try:
             results = fn(**fn_kwargs)
         except BaseException as err:
@@ -453,7 +270,7 @@ class RECECLI(LightningCLI):
             total = len(stages) if stages else "?"
             what = "interrupted" if interrupted else "stopped"
             print(f"rece: {what} after {epoch + 1} of {total} stages ({', '.join(done)}); "
-                  f"their checkpoints are in {_shown(checkpoints)}", file=sys.stderr)
+                  f"their checkpoints are in {shown_path(checkpoints)}", file=sys.stderr)
             print(f"rece: to resume: {resume_command(self.argv, ckpt)}", file=sys.stderr, flush=True)
             return
         for path in reversed(fresh):  # run folder first, then lightning_logs and the root if they are now empty
@@ -489,99 +306,6 @@ def _unique(folder: Path, name: str) -> str:
     return candidate
 
 
-def resume_command(argv: list[str] | None, ckpt: Path) -> str:
-    """The user's ``rece fit`` command line with ``--ckpt_path`` set to ``ckpt``."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    kept: list[str] = []
-    skip = False
-    for arg in args:
-        if skip:
-            skip = False
-            continue
-        if arg == "--ckpt_path":
-            skip = True
-            continue
-        if arg.startswith("--ckpt_path="):
-            continue
-        kept.append(arg)
-    return shlex.join(["rece", *kept, "--ckpt_path", _shown(ckpt)])
-
-
-def print_results(results: list[dict[str, Any]], subcommand: str) -> None:
-    """The metrics of ``rece validate``/``rece test``, one per line with the full name (any terminal width)."""
-    merged: dict[str, float] = {}
-    for result in results:
-        for key, value in result.items():
-            merged[key.split("/dataloader_idx_")[0]] = float(value)
-    if not merged:
-        return
-    width = max(len(k) for k in merged)
-    print(f"rece {subcommand}: results")
-    for key in sorted(merged):
-        print(f"  {key:<{width}}  {merged[key]:.6g}")
-    sys.stdout.flush()
-
-
-# ---------------------------------------------------------------------------------------------- entry point
-def _own_options(argv: list[str]) -> tuple[list[str], bool, str | None]:
-    """Remove ``--debug`` and ``--threads N`` (allowed anywhere on the line) from ``argv``."""
-    rest: list[str] = []
-    debug, threads = False, None
-    it = iter(argv)
-    for arg in it:
-        if arg == "--debug":
-            debug = True
-        elif arg == "--threads":
-            threads = next(it, "")
-        elif arg.startswith("--threads="):
-            threads = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
-    return rest, debug, threads
-
-
-def _subcommand_of(argv: list[str]) -> str | None:
-    return next((a for a in argv if a in SUBCOMMAND_HELP), None)
-
-
-def _usage_message(message: str, argv: list[str]) -> str:
-    """A jsonargparse error as one line that names the fix."""
-    text = one_line(message)
-    if "trainer.max_epochs" in text:
-        return MAX_EPOCHS_MESSAGE
-    if '"subcommand"' in text and "not provided" in text:
-        return "no subcommand: use rece fit, rece validate, rece test or rece predict (see rece --help)"
-    subcommand = _subcommand_of(argv)
-    return f"{text} (see rece {subcommand} --help)" if subcommand else f"{text} (see rece --help)"
-
-
-MAX_EPOCHS_MESSAGE = (
-    "trainer.max_epochs cannot be set: rece fit runs one epoch per stage, so the number of stages comes from "
-    "model.rece.iterations (RECE iterations) and model.validate_original (the 'original' stage), "
-    "e.g. --model.rece.iterations 2"
-)
-
-
-def _config_sets_max_epochs(argv: list[str]) -> str | None:
-    """The config file given on the command line that sets ``trainer.max_epochs`` (the link from the stages would
-    silently override it), if any."""
-    import yaml
-
-    paths = [b for a, b in zip(argv, argv[1:], strict=False) if a in ("--config", "-c")]
-    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
-    for path in paths:
-        try:
-            config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            continue  # the parser reports unreadable config files
-        sections = [config] + [config.get(s) for s in SUBCOMMAND_HELP] if isinstance(config, dict) else []
-        for section in sections:
-            trainer = section.get("trainer") if isinstance(section, dict) else None
-            if isinstance(trainer, dict) and trainer.get("max_epochs") is not None:
-                return path
-    return None
-
-
 def _fail(message: str, debug: bool, code: int = EXIT_USAGE) -> None:
     if debug:
         traceback.print_exc()
@@ -607,7 +331,7 @@ def main(args: list[str] | None = None) -> None:
 def _main(args: list[str] | None) -> None:
     quiet.install()
     argv = list(sys.argv[1:] if args is None else args)
-    parser_args, debug, threads = _own_options(argv)
+    parser_args, debug, threads = own_options(argv)
     debug = debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     if debug:
         os.environ[DEBUG_ENV] = "1"  # DDP processes re-run the command line; they inherit the environment
@@ -624,7 +348,7 @@ def _main(args: list[str] | None) -> None:
     defaults = {**TRAINER_DEFAULTS, "enable_progress_bar": sys.stdout.isatty(), "callbacks": [StageReport()]}
     try:
         configure_threads()
-        config = _config_sets_max_epochs(parser_args)
+        config = config_sets_max_epochs(parser_args)
         if config is not None:
             raise RECEError(f"{config}: {MAX_EPOCHS_MESSAGE}")
         RECECLI(
@@ -640,7 +364,7 @@ def _main(args: list[str] | None) -> None:
             args=parser_args,
         )
     except ArgumentError as err:
-        _fail(_usage_message(str(err), parser_args), debug)
+        _fail(usage_message(str(err), parser_args), debug)
     except RECEError as err:
         _fail(str(err), debug)
     except MisconfigurationException as err:

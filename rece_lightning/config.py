@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from rece_lightning.checks import check_writable_dir
 from rece_lightning.closed_form import Derivation, SurrogateItem
 from rece_lightning.errors import RECEError
 
@@ -74,15 +75,6 @@ def _check_readable_file(name: str, path: str) -> None:
         raise RECEError(f"{name}: {p} does not exist or is not a file")
     if not os.access(p, os.R_OK):
         raise RECEError(f"{name}: {p} is not readable; check its permissions")
-
-def _check_writable_dir(name: str, path: str) -> None:
-    """The folder, or its nearest existing ancestor, must be a writable folder."""
-    p = Path(path).expanduser().absolute()
-    existing = next(q for q in (p, *p.parents) if q.exists())
-    if not existing.is_dir():
-        raise RECEError(f"{name}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise RECEError(f"{name}: cannot write into {existing}; choose a writable folder")
 
 @dataclass
 class UCEConfig:
@@ -191,7 +183,7 @@ class GenerationConfig:
                 if value % 8:
                     raise RECEError(f"generation.{name} must be a multiple of 8, got {value}")
         if self.image_dir is not None:
-            _check_writable_dir("generation.image_dir", self.image_dir)
+            check_writable_dir(self.image_dir, "generation.image_dir")
 
 Config = TypeVar("Config", UCEConfig, RECEConfig, GenerationConfig)
 

@@ -16,6 +16,8 @@ PACKAGE = REPO / "rece_lightning"
 LONG_FILES = {
     "editor.py": "one edit's weights, state, RECE sums and low-rank views share the editor's caches; split, each "
                  "half would reach into the other's",
+    "cli.py": "LightningCLI's hooks (start-up checks, run folders, resume, failures) share the parsed config; its "
+              "checks and texts are in checks.py and cli_text.py",
     "module.py": "the Lightning shell: stage loop, keep-best, lazy denoiser loading and the generation of the "
                  "validate/test/predict steps are each a few hooks of one LightningModule",
 }

@@ -16,7 +16,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rece_lightning import quiet
-from rece_lightning.cli import main, print_results
+from rece_lightning.cli import main
+from rece_lightning.cli_text import print_results
 from rece_lightning.strategy import configure_threads
 from tests.conftest import REPO
 from tests.interrupt import ENV

@@ -30,7 +30,7 @@ BAD_SETTINGS = [
     (["--model.generation.num_inference_steps", "0"], "generation.num_inference_steps must be ≥ 1"),
     (["--model.generation.guidance_scale", ".nan"], "generation.guidance_scale must be a finite number"),
     (["--model.generation.height", "30"], "generation.height must be a multiple of 8"),
-    (["--model.generation.image_dir", "/proc/version/images"], "generation.image_dir: /proc/version is a file"),
+    (["--model.generation.image_dir", "/proc/version/images"], "/proc/version is a file, not a folder"),
     (["--model.anchor", "[a, b]"], "1 concepts but 2 anchors"),
     (["--model.torch_dtype", "float8"], "torch_dtype must be one of"),
 ]

@@ -1,0 +1,169 @@
+"""Checks made before any work: paths readable or writable, checkpoints that Lightning will be able to open.
+
+Each raises :class:`~rece_lightning.errors.RECEError` with one line naming the problem and the fix; the ``rece``
+command runs them on every path a call will read or write before the model is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rece_lightning.errors import RECEError
+
+__all__ = ["check_checkpoint", "check_readable_file", "check_writable_dir", "latest_checkpoint", "one_line", "shown_path",
+           "run_folder_of"]
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line (whitespace runs collapsed)."""
+    return " ".join(str(text).split())
+
+
+def check_writable_dir(path: str | Path, what: str) -> Path:
+    """``path`` is, or can be created as, a folder this process can write to; nothing is left behind.
+
+    Raises:
+        RECEError: ``path`` (or one of its parents) is a file, or the nearest existing folder is not writable.
+    """
+    path = Path(path).expanduser().absolute()
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RECEError(f"{what} {path} cannot be created: {existing} is a file, not a folder; choose another folder")
+    try:  # the only reliable test (permissions, read-only file systems, root squash …): create and remove a file
+        fd, probe = tempfile.mkstemp(prefix=".rece-write-test-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise RECEError(f"{what} {path} is not writable ({existing}: {reason}); choose a folder you can write to") from err
+    return path
+
+
+def check_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Open a checkpoint the way Lightning will (``torch.load(weights_only=True)``, memory-mapped) and return it.
+
+    Raises:
+        RECEError: the file is missing, a folder, unreadable, truncated, corrupted or not a Lightning checkpoint.
+    """
+    path = Path(path).expanduser()
+    hint = "give a checkpoint written by rece fit (<run>/checkpoints/*.ckpt)"
+    if not path.exists():
+        raise RECEError(f"--ckpt_path {path} does not exist; {hint}")
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.ckpt")) or sorted(p.name for p in path.glob("checkpoints/*.ckpt"))
+        more = f" (it holds {', '.join(found[:4])})" if found else ""
+        raise RECEError(f"--ckpt_path {path} is a folder{more}; {hint}")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as err:
+        raise RECEError(f"--ckpt_path {path} cannot be read ({err.strerror or err}); check its permissions") from err
+    problem = _zip_problem(path)
+    checkpoint = None
+    if problem is None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as err:  # torch raises RuntimeError, UnpicklingError, UnicodeDecodeError, OSError …
+            problem = _load_error(err)
+    if problem is not None:
+        raise RECEError(
+            f"--ckpt_path {path} cannot be read: {problem}; use another checkpoint of the run (e.g. the previous "
+            "stage's) or run rece fit again"
+        )
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise RECEError(
+            f"--ckpt_path {path} is not a Lightning checkpoint (no state_dict); {hint}. "
+            "Edited K/V weights (kv_weights.safetensors) go to --model.uce.weights instead"
+        )
+    return checkpoint
+
+
+def _zip_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete zip archive (the container of every torch checkpoint), or ``None``."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head != b"PK\x03\x04":
+        return "it is not a torch checkpoint (no zip archive)"
+    if not zipfile.is_zipfile(path):
+        return "the file is truncated (its zip directory is missing)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            archive.infolist()
+    except (zipfile.BadZipFile, OSError, UnicodeDecodeError) as err:
+        return f"the file is corrupted ({one_line(str(err))[:80]})"
+    return None
+
+
+def _load_error(err: BaseException) -> str:
+    text = str(err)
+    if isinstance(err, UnicodeDecodeError):
+        return "the file is corrupted (a record name does not decode)"
+    if "Weights only load failed" in text or "pickle" in text.lower():
+        return "the file is corrupted (its pickled data does not decode)"
+    first = text.splitlines()[0] if text else ""
+    return f"the file is corrupted (its data does not decode: {type(err).__name__}: {first[:100]})"
+
+
+def check_readable_file(path: str | Path, what: str, hint: str) -> None:
+    """``path`` is an existing, readable file.
+
+    Raises:
+        RECEError: it is missing, a folder or unreadable.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise RECEError(f"{what} {p} does not exist; {hint}")
+    if p.is_dir():
+        raise RECEError(f"{what} {p} is a folder; {hint}")
+    try:
+        with open(p, "rb") as handle:
+            handle.read(1)
+    except OSError as err:
+        raise RECEError(f"{what} {p} cannot be read ({err.strerror or err}); check its permissions") from err
+
+
+def run_folder_of(ckpt: Path) -> Path | None:
+    """The run folder (``…/lightning_logs/version_N``) that holds ``ckpt`` in its ``checkpoints/``, if any."""
+    ckpt = ckpt.expanduser().absolute()
+    run = ckpt.parent.parent
+    if ckpt.parent.name == "checkpoints" and any((run / f).exists() for f in ("config.yaml", "hparams.yaml")):
+        return run
+    return None
+
+
+def latest_checkpoint(folder: Path) -> tuple[Path, int] | None:
+    """The readable checkpoint of ``folder`` with the highest epoch (the newest file among equals) and its epoch."""
+    best: tuple[int, float, Path] | None = None
+    for path in folder.glob("*.ckpt"):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                epoch = int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("epoch", -1))
+        except Exception:  # half-written or corrupted: not a resume point
+            continue
+        key = (epoch, path.stat().st_mtime, path)
+        if best is None or key[:2] > best[:2]:
+            best = key
+    return None if best is None else (best[2], best[0])
+
+
+def shown_path(path: Path) -> str:
+    """``path`` relative to the working folder when it is below it, else absolute."""
+    path = path.absolute()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,155 @@
+"""The ``rece`` command's words: help texts, one-line usage messages, the results table and the resume line."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from rece_lightning.checks import one_line, shown_path
+
+__all__ = ["MAIN_HELP", "MAX_EPOCHS_MESSAGE", "SUBCOMMAND_HELP", "config_sets_max_epochs", "own_options",
+           "print_results", "resume_command", "subcommand_of", "usage_message"]
+
+MAIN_HELP = """\
+Erase a concept from a Stable Diffusion model with RECE (closed-form edits of the cross-attention keys and values,
+ECCV 2024) and measure that it is gone.
+
+  rece fit       erase: one stage per epoch, validated after each one: original (the unedited model), uce (the first
+                 closed-form edit), rece-1 ... rece-N (model.rece.iterations RECE iterations); writes checkpoints,
+                 TensorBoard logs and the exported edit to <trainer.default_root_dir>/lightning_logs/version_N
+  rece validate  evaluate the base model, or the edit of --ckpt_path, on data.val_prompts
+  rece test      red-team: run model.attacks on data.test_prompts; attack success rate per attack
+  rece predict   generate the images of data.predict_prompts
+
+Every subcommand also takes --debug (or RECE_DEBUG=1: show the traceback of an error) and --threads N (or
+RECE_NUM_THREADS=N: CPU threads per process). Example: rece fit --config configs/testbed.yaml"""
+
+SUBCOMMAND_HELP = {
+    "fit": (
+        "erase: original, uce, rece-1 ... rece-N, one stage per epoch, each validated",
+        """\
+Erase model.concepts: one closed-form stage per epoch, each followed by a validation on data.val_prompts:
+  original   the unedited model (the baseline; --model.validate_original false skips it)
+  uce        the first edit (UCE: each concept's tokens mapped to its anchor, model.uce)
+  rece-1 ... RECE iterations (model.rece.iterations): derive the embedding that still regenerates the concept, erase it
+The number of stages follows from model.rece.iterations and model.validate_original (trainer.max_epochs is set from
+them). Writes <trainer.default_root_dir>/lightning_logs/version_N: checkpoints/, eval/<stage>/, export/ and the
+TensorBoard logs. An interrupted run resumes in place: rece fit <same arguments> --ckpt_path
+<run>/checkpoints/<last stage>.ckpt (Ctrl-C prints this command).""",
+    ),
+    "validate": (
+        "evaluate: generate data.val_prompts and score them with the metric callbacks",
+        """\
+Evaluate a model: generate the images of data.val_prompts (each row with its own seed) and score them with the
+metric callbacks. Evaluates the base model (model.pretrained), or the edit of --ckpt_path (a checkpoint of rece fit,
+restored onto the base model). Writes <trainer.default_root_dir>/lightning_logs/validate-<checkpoint> (or
+validate-original).""",
+    ),
+    "test": (
+        "red-team: run model.attacks on data.test_prompts, attack success rate per attack",
+        """\
+Red-team a model: run every attack of model.attacks on data.test_prompts, generate from what each attack found and
+report the attack success rate per attack (test/<attack>/asr) with the metric callbacks. Attacks the base model, or
+the edit of --ckpt_path. Writes <trainer.default_root_dir>/lightning_logs/test-<checkpoint> (or test-original).""",
+    ),
+    "predict": (
+        "generate: the images of data.predict_prompts",
+        """\
+Generate the images of data.predict_prompts (each row with its own seed) with the base model or the edit of
+--ckpt_path; saves them under model.generation.image_dir or <trainer.default_root_dir>/images.""",
+    ),
+}
+
+def resume_command(argv: list[str] | None, ckpt: Path) -> str:
+    """The user's ``rece fit`` command line with ``--ckpt_path`` set to ``ckpt``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg == "--ckpt_path":
+            skip = True
+            continue
+        if arg.startswith("--ckpt_path="):
+            continue
+        kept.append(arg)
+    return shlex.join(["rece", *kept, "--ckpt_path", shown_path(ckpt)])
+
+
+def print_results(results: list[dict[str, Any]], subcommand: str) -> None:
+    """The metrics of ``rece validate``/``rece test``, one per line with the full name (any terminal width)."""
+    merged: dict[str, float] = {}
+    for result in results:
+        for key, value in result.items():
+            merged[key.split("/dataloader_idx_")[0]] = float(value)
+    if not merged:
+        return
+    width = max(len(k) for k in merged)
+    print(f"rece {subcommand}: results")
+    for key in sorted(merged):
+        print(f"  {key:<{width}}  {merged[key]:.6g}")
+    sys.stdout.flush()
+
+
+def own_options(argv: list[str]) -> tuple[list[str], bool, str | None]:
+    """Remove ``--debug`` and ``--threads N`` (allowed anywhere on the line) from ``argv``."""
+    rest: list[str] = []
+    debug, threads = False, None
+    it = iter(argv)
+    for arg in it:
+        if arg == "--debug":
+            debug = True
+        elif arg == "--threads":
+            threads = next(it, "")
+        elif arg.startswith("--threads="):
+            threads = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    return rest, debug, threads
+
+
+def subcommand_of(argv: list[str]) -> str | None:
+    """The subcommand named on the command line, if any."""
+    return next((a for a in argv if a in SUBCOMMAND_HELP), None)
+
+
+def usage_message(message: str, argv: list[str]) -> str:
+    """A jsonargparse error as one line that names the fix."""
+    text = one_line(message)
+    if "trainer.max_epochs" in text:
+        return MAX_EPOCHS_MESSAGE
+    if '"subcommand"' in text and "not provided" in text:
+        return "no subcommand: use rece fit, rece validate, rece test or rece predict (see rece --help)"
+    subcommand = subcommand_of(argv)
+    return f"{text} (see rece {subcommand} --help)" if subcommand else f"{text} (see rece --help)"
+
+
+MAX_EPOCHS_MESSAGE = (
+    "trainer.max_epochs cannot be set: rece fit runs one epoch per stage, so the number of stages comes from "
+    "model.rece.iterations (RECE iterations) and model.validate_original (the 'original' stage), "
+    "e.g. --model.rece.iterations 2"
+)
+
+
+def config_sets_max_epochs(argv: list[str]) -> str | None:
+    """The config file given on the command line that sets ``trainer.max_epochs`` (the link from the stages would
+    silently override it), if any."""
+    import yaml
+
+    paths = [b for a, b in zip(argv, argv[1:], strict=False) if a in ("--config", "-c")]
+    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for path in paths:
+        try:
+            config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue  # the parser reports unreadable config files
+        sections = [config] + [config.get(s) for s in SUBCOMMAND_HELP] if isinstance(config, dict) else []
+        for section in sections:
+            trainer = section.get("trainer") if isinstance(section, dict) else None
+            if isinstance(trainer, dict) and trainer.get("max_epochs") is not None:
+                return path
+    return None
