@@ -18,7 +18,7 @@ from rece_lightning.errors import RECEError
 from rece_lightning.integrity import base_fingerprint, check_base, check_sha256, tensor_sha256
 from rece_lightning.recipe import Recipe
 
-__all__ = ["Best", "load_edit", "save_edit"]
+__all__ = ["Best", "load_edit", "save_edit", "verify_hash"]
 
 Best = tuple[float, str, EditState]  # (score, stage, state) of the stage keep-best holds
 
@@ -45,16 +45,24 @@ def save_edit(checkpoint: dict[str, Any], recipe: Recipe, owner: str, best: Best
     checkpoint["rece"] = rece
 
 
+def verify_hash(checkpoint: dict[str, Any], source: str = "the checkpoint") -> None:
+    """Refuse a checkpoint whose edit section is missing or whose tensors do not match their SHA-256 (needs no model,
+    so the ``rece`` command checks it before loading one)."""
+    rece = checkpoint.get("rece")
+    if not isinstance(rece, dict) or "sha256" not in rece:
+        raise RECEError(f"{source} holds no RECE edit (it was not written by this version of rece fit); "
+                        "pass a checkpoint from <run>/checkpoints/")
+    weights = {k: v for k, v in checkpoint.get("state_dict", {}).items() if not k.startswith("rece.")}
+    check_sha256({**weights, **_edit_tensors(rece)}, rece["sha256"], source)
+
+
 def load_edit(checkpoint: dict[str, Any], recipe: Recipe, owner: str) -> Best | None:
     """Verify the checkpoint (hash, base model, keys and shapes), restore its stage and edit into ``recipe`` (folded
     into the model), and return the kept best stage it carries."""
-    rece = checkpoint.get("rece")
-    if not isinstance(rece, dict) or "sha256" not in rece:
-        raise RECEError("the checkpoint holds no RECE edit (it was not written by this version of rece fit); "
-                        "pass a checkpoint from <run>/checkpoints/")
+    verify_hash(checkpoint)
+    rece = checkpoint["rece"]
     prefix = f"{owner}."
     weights = {k: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith(prefix)}
-    check_sha256({**weights, **_edit_tensors(rece)}, rece["sha256"], "the checkpoint")
     check_base(rece["base"], recipe.editor.original, "the checkpoint")
     check_kv_weights(recipe.editor.projections, {k.removeprefix(prefix): v for k, v in weights.items()},
                      "the checkpoint")

@@ -43,6 +43,7 @@ from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 from lightning.pytorch.trainer.states import TrainerStatus  # noqa: E402
 
 from rece_lightning.callbacks.report import StageReport  # noqa: E402
+from rece_lightning.checkpoint import verify_hash  # noqa: E402
 from rece_lightning.checks import (  # noqa: E402
     check_checkpoint,
     check_readable_file,
@@ -144,7 +145,7 @@ class RECECLI(LightningCLI):
         self._resume_run: Path | None = None
         ckpt = cfg.get("ckpt_path")
         if ckpt and str(ckpt) not in CKPT_KEYWORDS:
-            check_checkpoint(ckpt)
+            verify_hash(check_checkpoint(ckpt), f"--ckpt_path {ckpt}")
             if subcommand == "fit":
                 self._resume_run = run_folder_of(Path(ckpt))
         if self._resume_run is not None:

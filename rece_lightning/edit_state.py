@@ -43,16 +43,28 @@ class EditState:
         )
 
     def tensors(self) -> dict[str, Tensor]:
-        """The state as named CPU tensors (``maps.<kind>``, ``layers.<key>``), e.g. for a checkpoint."""
+        """The state as named CPU tensors, e.g. for a checkpoint: ``maps.<kind>``, ``layers.<key>`` and, when the
+        history is known, ``steps.count`` with ``steps.<i>.x`` / ``steps.<i>.y`` (so that a restored editor keeps
+        RECE's sums step by step, bit for bit as the run it came from)."""
         out = {f"maps.{k}": v.detach().cpu() for k, v in self.maps.items()}
         out.update({f"layers.{k}": v.detach().cpu() for k, v in (self.layer_weights or {}).items()})
+        if self.steps is not None:
+            out["steps.count"] = torch.tensor(len(self.steps))
+            for i, (x, y) in enumerate(self.steps):
+                out[f"steps.{i}.x"], out[f"steps.{i}.y"] = x.detach().cpu(), y.detach().cpu()
         return out
 
     @classmethod
     def from_tensors(cls, tensors: Mapping[str, Tensor]) -> EditState:
-        """Inverse of :meth:`tensors` (the steps are unknown)."""
+        """Inverse of :meth:`tensors` (the steps stay unknown when they were not saved)."""
         maps = {k.removeprefix("maps."): v for k, v in tensors.items() if k.startswith("maps.")}
         layers = {k.removeprefix("layers."): v for k, v in tensors.items() if k.startswith("layers.")}
         if set(maps) != set(KINDS):
             raise RECEError(f"an edit state needs the maps {list(KINDS)}, got {sorted(maps)}")
-        return cls(maps=maps, layer_weights=layers or None, steps=None)  # type: ignore[arg-type]
+        steps: Steps | None = None
+        if "steps.count" in tensors:
+            count = int(tensors["steps.count"])
+            steps = tuple((tensors[f"steps.{i}.x"], tensors[f"steps.{i}.y"]) for i in range(count))
+        if torch.equal(maps["to_k"], maps["to_v"]):
+            maps["to_k"] = maps["to_v"]  # one map shared by keys and values, as in the run it came from
+        return cls(maps=maps, layer_weights=layers or None, steps=steps)  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ BAD_SETTINGS = [
     (["--model.uce.lamb", "0"], "uce.lamb (λ) must be > 0"),
     (["--model.uce.erase_scale", "-1"], "uce.erase_scale must be ≥ 0"),
     (["--model.uce.preserve_scale", ".nan"], "uce.preserve_scale must be a finite number"),
-    (["--model.uce.weights", "/no/such/file.safetensors"], "uce.weights: /no/such/file.safetensors does not exist"),
+    (["--model.uce.weights", "/no/such/file.safetensors"], "/no/such/file.safetensors does not exist"),
     (["--model.rece.gamma", "-0.1"], "rece.gamma (γ) must be ≥ 0"),
     (["--model.rece.gamma", ".nan"], "rece.gamma (γ) must be a finite number"),
     (["--model.rece.erase_scale", "-2"], "rece.erase_scale must be ≥ 0"),

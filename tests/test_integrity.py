@@ -114,3 +114,21 @@ def test_export_on_another_base_model_is_refused(exported, tiny_sd1, other_base)
     same = UNet2DConditionModel.from_pretrained(tiny_sd1, subfolder="unet")
     load_kv_into(same, exported / KV_WEIGHTS)  # the base it was made on
     assert all(torch.equal(same.state_dict()[k], v) for k, v in load_file(exported / KV_WEIGHTS).items())
+
+
+def test_rece_refuses_an_altered_checkpoint_before_loading(checkpoint, tiny_sd1, tmp_path, capsys):
+    """The real entry point: one line, exit 2, nothing loaded or written."""
+    from rece_lightning.cli import main
+    from tests.conftest import REPO
+
+    state = torch.load(checkpoint, weights_only=True)
+    state["rece"]["state"]["maps.to_v"][0, 0] += 1e-3
+    torch.save(state, tmp_path / "altered.ckpt")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "--model.pretrained", str(tmp_path / "never-loaded"), "--model.concepts", "[nudity]",
+              "--data.val_prompts", str(REPO / "tests" / "fixtures" / "prompts" / "nudity.csv"),
+              "--trainer.default_root_dir", str(tmp_path / "run"), "--ckpt_path", str(tmp_path / "altered.ckpt")])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "altered after it was written" in err
+    assert not (tmp_path / "run").exists()
