@@ -33,6 +33,7 @@ from rece_lightning.generation import generate
 from rece_lightning.image_store import ImageStore, fingerprint
 from rece_lightning.pipeline import attach_denoiser, load_family, resolve_dtype
 from rece_lightning.recipe import ORIGINAL, Recipe, read_preserve_csv
+from rece_lightning.robust import RobustConfig
 from rece_lightning.text import TextEncoder
 
 __all__ = ["ClosedFormStep", "RECEModule"]
@@ -78,6 +79,10 @@ class RECEModule(L.LightningModule):
         attacks: red-teaming attacks run by ``rece test`` on the test prompts (default: no attack). Each is recorded
             by name; attacks that stop early on success (UnlearnDiffAtk) are given the judge of the first evaluation
             callback that can judge images.
+        recipe: ``paper`` (UCE + RECE as published, the default) or ``robust`` (opt-in, :mod:`rece_lightning.robust`:
+            the ``uce`` stage erases caption sets, each ``rece-N`` stage many derivations, a stopping rule on the
+            validation metrics ends the iterations and chooses the kept stage; ``uce`` and ``rece`` are then unused).
+        robust: settings of the robust recipe (:class:`~rece_lightning.robust.RobustConfig`).
         max_sequence_length: Flux only: T5 tokens per text (``None`` = 512 as ``FluxPipeline``; 256 for
             FLUX.1-schnell), used for erasing and generating alike.
 
@@ -105,6 +110,8 @@ class RECEModule(L.LightningModule):
         torch_dtype: str = "float32",
         attacks: list[Attack] | None = None,
         max_sequence_length: int | None = None,
+        recipe: Literal["paper", "robust"] = "paper",
+        robust: RobustConfig = RobustConfig(),  # noqa: B008
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -132,6 +139,8 @@ class RECEModule(L.LightningModule):
                 "torch_dtype": torch_dtype,
                 "attacks": [type(a).__name__ for a in attacks or []],
                 "max_sequence_length": max_sequence_length,
+                "recipe": recipe,
+                "robust": asdict(robust) if isinstance(robust, RobustConfig) else dict(robust or {}),
             }
         )
         self.attacks: list[Attack] = list(attacks or [])
@@ -142,7 +151,9 @@ class RECEModule(L.LightningModule):
         self.family: ModelFamily = load_family(pretrained, torch_dtype, max_sequence_length=max_sequence_length)
         self._text_side_suffices = False  # set by setup() for a fit that generates nothing
         self.recipe = Recipe(self.family, concepts or [], anchor, uce_config, rece_config, extra_preserve=extra,
-                             with_to_k=with_to_k, technique=technique)
+                             with_to_k=with_to_k, technique=technique, method=recipe, robust=robust)
+        self.robust = self.recipe.robust  # the opt-in robust recipe, and its stopping rule on the validation metrics
+        self.stopping = self.robust.stopping_rule() if self.robust is not None else None
         self._register_components()
         self.stages: list[str] = ([ORIGINAL] if validate_original else []) + self.recipe.stages
         self._best: Best | None = None
@@ -244,6 +255,9 @@ class RECEModule(L.LightningModule):
         return None
 
     def on_train_epoch_end(self) -> None:
+        if self.robust is not None:  # the robust recipe's stopping rule chooses the kept stage
+            self.robust.epoch_end(self)
+            return
         # candidates are the edited stages (the original model is the baseline); ties keep the earlier stage
         if self.hparams.keep_best and self.stage != ORIGINAL:
             value = self.trainer.callback_metrics.get(self.hparams.keep_best)

@@ -37,6 +37,7 @@ from rece_lightning.errors import RECEError
 from rece_lightning.export import load_kv_weights
 from rece_lightning.families import family_of
 from rece_lightning.family import ModelFamily
+from rece_lightning.robust import RobustConfig, RobustRecipe
 
 __all__ = ["ORIGINAL", "Recipe", "erase", "read_preserve_csv"]
 
@@ -71,6 +72,9 @@ class Recipe:
             dropped from it.
         with_to_k: edit the key projections as well as the values.
         technique: ``replace`` (values of the anchor; one shared map) or ``tensor`` (remove the concept direction).
+        method: ``paper`` (UCE + RECE as published, the default) or ``robust`` (opt-in,
+            :mod:`rece_lightning.robust`: caption sets, many derivations per iteration; ``uce``/``rece`` unused).
+        robust: the robust recipe's settings (a :class:`~rece_lightning.robust.RobustConfig` or a mapping).
 
     Attributes:
         family: the model-family adapter (text side and text-reading layers).
@@ -90,13 +94,20 @@ class Recipe:
         extra_preserve: Sequence[str] = (),
         with_to_k: bool = True,
         technique: Technique = "replace",
+        method: str = "paper",
+        robust: RobustConfig | dict | None = None,
     ) -> None:
+        check_choice("recipe", method, ("paper", "robust"))
         self.uce, self.rece = as_config(uce, UCEConfig), as_config(rece, RECEConfig)
         self.concepts, self.anchors = self.check_settings(concepts, anchor, self.uce, self.rece, technique)
         erased = {c.lower() for c in self.concepts}
         self.extra_preserve = [t for t in extra_preserve if t.lower() not in erased]
-        self.stages = ["uce", *(f"rece-{i + 1}" for i in range(self.rece.iterations))]
+        self.method = method
+        robust_config = robust if isinstance(robust, RobustConfig) else RobustConfig(**(robust or {}))
+        iterations = robust_config.iterations if method == "robust" else self.rece.iterations
+        self.stages = ["uce", *(f"rece-{i + 1}" for i in range(iterations))]
         self.stage = ORIGINAL
+        self.robust: RobustRecipe | None = None
 
         self.family: ModelFamily = family_of(pipeline)
         self.text = self.family.text
@@ -106,6 +117,8 @@ class Recipe:
         if self.uce.weights is not None:
             source = self.uce.weights
             self.editor.set_base(check_kv_weights(self.editor.projections, load_kv_weights(source), source))
+        if method == "robust":  # the opt-in recipe (rece_lightning.robust) runs the stages instead of the paper's
+            self.robust = RobustRecipe(self.editor, self.text, self.concepts, self.anchors, robust_config)
 
     @staticmethod
     def check_settings(concepts: Sequence[str], anchor: str | Sequence[str], uce: UCEConfig, rece: RECEConfig,
@@ -136,7 +149,8 @@ class Recipe:
     def texts(self) -> list[str]:
         """Every text the recipe encodes, so that one batched text-encoder pass serves all stages."""
         texts = [*self.concepts, *self.anchors, *map(self.uce_anchor, self.anchors)]
-        return texts + [*self.uce_preserve(), *self.rece_preserve(), *(self.rece.derivation_target or [])]
+        texts += [*self.uce_preserve(), *self.rece_preserve(), *(self.rece.derivation_target or [])]
+        return texts + (self.robust.texts() if self.robust is not None else [])
 
     def _stack(self, texts: list[str]) -> Tensor | None:
         return torch.cat([self.text.full(t) for t in texts]) if texts else None
@@ -190,7 +204,9 @@ class Recipe:
         if self.stage != expected:
             raise RECEError(f"stage {stage!r} runs after {expected!r}, but the recipe is at {self.stage!r}")
         self.text.encode(self.texts())  # one batch; cached after the first stage
-        if stage == "uce":
+        if self.robust is not None:
+            self.robust.run_stage(stage)
+        elif stage == "uce":
             self.uce_step()
         else:
             self.rece_step()

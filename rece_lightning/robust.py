@@ -1,0 +1,423 @@
+"""A robust, opt-in erasure recipe (``recipe: robust``): erase the concept in many contexts, keep its neighbours.
+
+The paper recipe erases the concept's own tokens (UCE) and then, each iteration, one derived embedding per concept
+(RECE). On the testbed this leaves paraphrases and implicit cues ("a yield sign") largely intact, and running it
+longer breaks neighbours. The robust recipe keeps RECE's closed forms but changes *what* is erased and preserved:
+
+* **caption sets** (first edit): every concept phrasing (the concept and ``concept_texts``) is placed in every
+  ``templates`` context, and all token rows of each caption are mapped to the anchor's rows — the concept is erased
+  in context, not only as a bare word (BERT/CLIP token rows are contextual: every row of "a red triangle" carries
+  the triangle);
+* **preserved neighbours**: the same templates filled with ``neighbours`` (related concepts that must survive, e.g.
+  the other shapes) and with words mined automatically from the tokenizer's vocabulary (``mine_neighbours``:
+  the words nearest to the concept in the text encoder's space that are not the concept), preserved with a strong
+  scale so that the least-squares edit removes only what tells the concept apart from them;
+* **many derivations per iteration**: RECE's closed-form embedding is derived from every caption and for every
+  ``gammas`` value (not one per concept), and all are erased together;
+* **concept expansion** (``expand``): vocabulary words whose edited K/V outputs are still closer to the concept's
+  original outputs than to any preserved neighbour's are erased as ordinary concepts (a discrete counterpart of the
+  continuous derivation);
+* **a stopping rule** (:class:`StoppingRule`): iterate until the concept rate of the validation prompts reaches
+  ``stop_concept_rate`` or their preservation falls below the first edit's by more than ``stop_preservation_drop``;
+  the last stage that kept preservation is the one kept.
+
+Everything is written against the public APIs of :class:`~rece_lightning.editor.KVEditor` (``derive``, ``erase``)
+and :class:`~rece_lightning.text.TextEncoder` (``encode``, ``full``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from rece_lightning.editor import KVEditor
+from rece_lightning.errors import RECEError
+from rece_lightning.text import TextEncoder
+
+
+@dataclass
+class RobustConfig:
+    """Settings of ``recipe: robust`` (see the module docstring).
+
+    Attributes:
+        iterations: the most derive-and-erase iterations after the first edit (the stopping rule may end earlier).
+        concept_texts: other phrasings of the concepts (synonyms), erased like the concepts.
+        templates: caption contexts with one ``{}`` slot, filled with every concept phrasing (erased) and every
+            neighbour (preserved); ``"{}"`` alone is the bare phrase.
+        neighbours: related concepts to keep (e.g. the other shapes); filled into the templates and preserved.
+        mine_neighbours: also preserve this many vocabulary words nearest to the concept (in the text encoder's
+            input-embedding space) that are not the concept or its phrasings.
+        preserve: further texts preserved as they are (all token rows), beside the anchors.
+        lamb, erase_scale, preserve_scale: the UCE weights of every robust edit.
+        gammas: γ values of RECE's derivation; one embedding per caption and per γ each iteration.
+        erase_prompts: prompts showing the concept, erased as captions: a list, a CSV file (``prompt`` column) or
+            ``testbed`` (captions of the testbed's training grammar, explicit templates only).
+        preserve_prompts: prompts without the concept, preserved (same sources): the model's normal prompts.
+        num_prompts: how many prompts ``testbed`` samples (or the most read from a file; 0 = all).
+        context_anchor: the anchor of an erased prompt is the prompt with its concept phrase replaced by this text
+            (``"shape"``: "a red triangle" → "a red shape"); a list is cycled over the prompts (e.g. the neighbours:
+            "a red triangle" → "a red circle", the next one → "… square"); ``None`` maps it to the concept's anchor.
+        derive_captions: derive from every caption (``True``) or only from the bare concept phrasings.
+        anchor_in_context: a caption's anchor is its template filled with the anchor (``"a red {}"`` → ``"a red"``
+            for the anchor ``" "``), so the context survives; ``False`` maps every caption to the bare anchor.
+        keep_captions: each iteration erases the captions again beside the derived embeddings (the first edit's
+            constraints are re-imposed instead of being relaxed by the next closed form).
+        aligned: erase each caption's rows from the concept's last token on, paired with the anchor's rows by the
+            official UCE token alignment (``True``), or all rows of the caption onto all rows of its anchor.
+        expand: vocabulary words erased per iteration by concept expansion (0 = off).
+        expand_pool: candidate words for expansion and mining (the nearest in the text encoder's input space).
+        stop_concept_rate: stop when the validation concept rate is at most this.
+        stop_preservation_drop: stop (and keep the previous stage) when validation preservation falls below the
+            first edit's by more than this.
+        concept_metric, preservation_metric: the logged metrics the stopping rule reads.
+    """
+
+    iterations: int = 6
+    concept_texts: list[str] = field(default_factory=list)
+    templates: list[str] = field(default_factory=lambda: ["{}"])
+    neighbours: list[str] = field(default_factory=list)
+    mine_neighbours: int = 0
+    preserve: list[str] = field(default_factory=lambda: [" "])
+    lamb: float = 0.1
+    erase_scale: float = 1.0
+    preserve_scale: float = 1.0
+    gammas: list[float] = field(default_factory=lambda: [0.1])
+    derive_captions: bool = True
+    anchor_in_context: bool = False
+    keep_captions: bool = True
+    aligned: bool = False
+    erase_prompts: list[str] | str | None = None
+    preserve_prompts: list[str] | str | None = None
+    num_prompts: int = 300
+    context_anchor: str | list[str] | None = None
+    expand: int = 0
+    expand_pool: int = 2000
+    stop_concept_rate: float = 0.0
+    stop_preservation_drop: float = 0.02
+    concept_metric: str = "val/concept_rate"
+    preservation_metric: str = "val/preservation"
+
+    def check(self) -> None:
+        if self.iterations < 0:
+            raise RECEError(f"robust.iterations must be ≥ 0, got {self.iterations}")
+        if not self.lamb > 0:
+            raise RECEError(f"robust.lamb (λ) must be > 0, got {self.lamb}")
+        if not self.gammas or any(g < 0 for g in self.gammas):
+            raise RECEError(f"robust.gammas must be a non-empty list of values ≥ 0, got {self.gammas}")
+        for t in self.templates:
+            if t.count("{}") != 1:
+                raise RECEError(f"robust template {t!r} must have exactly one '{{}}' slot")
+
+
+def fill(templates: Sequence[str], phrases: Sequence[str]) -> list[str]:
+    """Every template filled with every phrase, in order, without duplicates."""
+    return list(dict.fromkeys(" ".join(t.format(p).split()) for p in phrases for t in templates))
+
+
+# ----------------------------------------------------------------------------------------- caption sources
+def sample_testbed_captions(concept: str, n: int, *, with_concept: bool, seed: int = 0) -> list[str]:
+    """``n`` captions of the testbed's training grammar (explicit templates only, no implicit cue), each showing
+    the concept (``with_concept``) or a scene without it — the testbed's counterpart of a caption corpus."""
+    import numpy as np
+
+    from rece_lightning.testbed.captions import explicit_caption
+    from rece_lightning.testbed.world import PATTERNS, SHAPES, random_scene
+
+    attribute = "shape" if concept in SHAPES else "pattern" if concept in PATTERNS else None
+    if attribute is None:
+        raise RECEError(f"{concept!r} is not a testbed shape or pattern")
+    rng = np.random.default_rng([seed, sum(map(ord, concept)), int(with_concept)])
+    out: list[str] = []
+    while len(out) < n:
+        scene = random_scene(rng, **({attribute: concept} if with_concept else {}))
+        if not with_concept and getattr(scene, attribute) == concept:
+            continue
+        out.append(explicit_caption(scene, rng, name_pattern=attribute == "pattern" or rng.random() < 0.7,
+                                    name_background=rng.random() < 0.5))
+    return list(dict.fromkeys(out))
+
+
+def read_prompts(source: str | list[str], concept: str, n: int, *, with_concept: bool, seed: int = 0) -> list[str]:
+    """Prompts from a list, a CSV file (``prompt`` column) or ``"testbed"`` (:func:`sample_testbed_captions`)."""
+    if isinstance(source, list):
+        return list(source)
+    if source == "testbed":
+        return sample_testbed_captions(concept, n, with_concept=with_concept, seed=seed)
+    import csv
+    from pathlib import Path
+
+    path = Path(source)
+    if not path.is_file():
+        raise RECEError(f"robust prompt file {path} does not exist")
+    with path.open(newline="", encoding="utf-8") as handle:
+        prompts = [row["prompt"] for row in csv.DictReader(handle) if row.get("prompt")]
+    return prompts[:n] if n else prompts
+
+
+def replace_phrase(prompt: str, phrases: Sequence[str], replacement: str) -> str | None:
+    """``prompt`` with its longest occurrence of one of ``phrases`` replaced (word-bounded), or ``None``."""
+    import re
+
+    for phrase in sorted(phrases, key=len, reverse=True):
+        pattern = re.compile(rf"(?<![\w-]){re.escape(phrase)}(?![\w-])", re.IGNORECASE)
+        if pattern.search(prompt):
+            return " ".join(pattern.sub(replacement, prompt, count=1).split())
+    return None
+
+
+# -------------------------------------------------------------------------------------------- vocabulary
+def vocabulary_words(tokenizer, limit: int | None = None) -> list[str]:
+    """Whole-word alphabetic tokens of a tokenizer's vocabulary (BERT ``##`` pieces and CLIP ``</w>`` handled)."""
+    vocab = tokenizer.get_vocab()
+    words = []
+    for token in sorted(vocab, key=vocab.get):
+        word = token.removesuffix("</w>")
+        if token.startswith("##") or not word.isalpha() or len(word) < 3 or not word.isascii():
+            continue
+        if len(tokenizer(word, add_special_tokens=False).input_ids) != 1:
+            continue
+        words.append(word.lower())
+        if limit is not None and len(words) >= limit:
+            break
+    return list(dict.fromkeys(words))
+
+
+def input_embedding_table(text_encoder) -> Tensor:
+    """The text encoder's token (input) embedding matrix."""
+    return text_encoder.get_input_embeddings().weight.detach().to("cpu", torch.float64)
+
+
+def nearest_words(tokenizer, text_encoder, query: Sequence[str], k: int, exclude: Sequence[str] = ()) -> list[str]:
+    """The ``k`` whole words whose input embeddings are most cosine-similar to the mean of ``query``'s tokens."""
+    table = input_embedding_table(text_encoder)
+    ids = [i for q in query for i in tokenizer(q, add_special_tokens=False).input_ids]
+    if not ids:
+        return []
+    centre = table[ids].mean(0)
+    vocab = tokenizer.get_vocab()
+    words = vocabulary_words(tokenizer)
+    excluded = {w.lower() for e in exclude for w in e.split()}
+    words = [w for w in words if w not in excluded]
+    rows = torch.tensor([vocab.get(w, vocab.get(w + "</w>", 0)) for w in words])
+    sims = torch.nn.functional.cosine_similarity(table[rows], centre[None], dim=1)
+    order = sims.argsort(descending=True)[:k]
+    return [words[int(i)] for i in order]
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+def output_features(editor: KVEditor, rows: Tensor, edited: bool = True) -> Tensor:
+    """Stacked K/V outputs of token rows (n, Σ out): ``W' x`` (edited) or ``W₀ x`` (original), float64."""
+    weights = editor.current_weights(torch.float64) if edited else {
+        k: v.to(torch.float64) for k, v in editor.original.items()}
+    x = rows.to(torch.float64)
+    return torch.cat([x @ weights[p.key].to(x.device).T for p in editor.projections], dim=-1)
+
+
+def expansion_scores(editor: KVEditor, candidates: Sequence[Tensor], concept: Tensor,
+                     neighbours: Sequence[Tensor]) -> Tensor:
+    """Concept-likeness of each candidate text under the current edit.
+
+    The score of a candidate is the cosine similarity of its edited outputs (all rows, flattened) to the concept's
+    original outputs, minus the largest similarity to a neighbour's original outputs: > 0 means the edited model
+    still reads the candidate as closer to the concept than to anything that must be kept.
+    """
+    weights_edit = editor.current_weights(torch.float64)
+    weights_orig = {k: v.to(torch.float64) for k, v in editor.original.items()}
+
+    def feats(rows: Sequence[Tensor], w: Mapping[str, Tensor]) -> Tensor:
+        x = torch.stack([r.to(torch.float64) for r in rows])  # (n, L, d)
+        out = torch.cat([x @ w[p.key].T for p in editor.projections], dim=-1)
+        return torch.nn.functional.normalize(out.flatten(1), dim=1)
+
+    cand = feats(candidates, weights_edit)
+    ref = feats([concept], weights_orig)
+    score = cand @ ref[0]
+    if neighbours:
+        score = score - (cand @ feats(neighbours, weights_orig).T).max(1).values
+    return score
+
+
+# --------------------------------------------------------------------------------------------- the recipe
+class RobustRecipe:
+    """The steps of ``recipe: robust`` on an editor and a text encoder.
+
+    Args:
+        editor, text: the module's :class:`KVEditor` and :class:`TextEncoder`.
+        concepts, anchors: the concepts to erase and their anchors (one per concept).
+        config: the :class:`RobustConfig`.
+    """
+
+    def __init__(self, editor: KVEditor, text: TextEncoder, concepts: Sequence[str], anchors: Sequence[str],
+                 config: RobustConfig) -> None:
+        config.check()
+        self.editor, self.text, self.config = editor, text, config
+        self.concepts, self.anchors = list(concepts), list(anchors)
+        self.expanded: list[str] = []
+        phrases = list(dict.fromkeys([*self.concepts, *config.concept_texts]))
+        self.phrases = phrases
+        self.captions = fill(config.templates, phrases)
+        concept = self.concepts[0]
+        if config.erase_prompts is not None:
+            self.captions += read_prompts(config.erase_prompts, concept, config.num_prompts, with_concept=True)
+        self.caption_anchor: dict[str, str] = {}
+        for template in config.templates:
+            for phrase in phrases:
+                anchor = self._concept_anchor(phrase)
+                self.caption_anchor[" ".join(template.format(phrase).split())] = (
+                    " ".join(template.format(anchor).split()) or anchor if config.anchor_in_context else anchor)
+        if config.context_anchor is not None:
+            replacements = ([config.context_anchor] if isinstance(config.context_anchor, str)
+                            else list(config.context_anchor))
+            for index, caption in enumerate(self.captions):
+                replaced = replace_phrase(caption, phrases, replacements[index % len(replacements)])
+                if replaced is not None:
+                    self.caption_anchor[caption] = replaced or " "
+        mined: list[str] = []
+        if config.mine_neighbours:
+            exclude = [*phrases, *config.neighbours]
+            mined = nearest_words(text.tokenizer, text.text_encoder, self.concepts, config.mine_neighbours, exclude)
+        self.mined = mined
+        self.neighbour_captions = fill(config.templates, [*config.neighbours, *mined])
+        extra = [] if config.preserve_prompts is None else read_prompts(
+            config.preserve_prompts, concept, config.num_prompts, with_concept=False)
+        self.preserved = list(dict.fromkeys([*config.preserve, *self.anchors, *self.neighbour_captions, *extra]))
+
+    def texts(self) -> list[str]:
+        """Every text the recipe encodes (one batched text-encoder pass)."""
+        return [*self.captions, *self.preserved, *self.anchors, *self.caption_anchor.values()]
+
+    def _concept_anchor(self, phrase: str) -> str:
+        # the anchor of the concept named in the phrase (the first concept's anchor for synonyms)
+        for concept, anchor in zip(self.concepts, self.anchors, strict=True):
+            if concept in phrase:
+                return anchor
+        return self.anchors[0]
+
+    def _anchor(self, text: str) -> str:
+        return self.caption_anchor.get(text, self._concept_anchor(text))
+
+    def _preserve(self) -> Tensor:
+        return torch.cat([self.text.full(t) for t in self.preserved])
+
+    def _erase(self, blocks: list[tuple[Tensor, Tensor]]) -> None:
+        cfg = self.config
+        self.editor.erase(blocks, self._preserve(), lamb=cfg.lamb, erase_scale=cfg.erase_scale,
+                          preserve_scale=cfg.preserve_scale)
+
+    def first_edit(self) -> None:
+        """Erase every caption (all token rows) towards its anchor, preserving the neighbours."""
+        self.text.encode(self.texts())
+        self._erase(self._caption_blocks())
+
+    def _caption_blocks(self) -> list[tuple[Tensor, Tensor]]:
+        if self.config.aligned:
+            return [self.text.aligned(c, " " if self._anchor(c) == "" else self._anchor(c)) for c in self.captions]
+        else:
+            blocks = [(self.text.full(c), self.text.full(self._anchor(c))) for c in self.captions]
+        return blocks
+
+    def derive(self) -> list[tuple[Tensor, Tensor]]:
+        """RECE's closed-form embeddings of every caption (or phrase) and every γ, paired with their anchors."""
+        sources = self.captions if self.config.derive_captions else self.phrases
+        sources = [*sources, *self.expanded]
+        blocks = []
+        for gamma in self.config.gammas:
+            derived = self.editor.derive([self.text.full(s) for s in sources], gamma=gamma)
+            blocks += [(emb, self.text.full(self._anchor(s))) for emb, s in zip(derived, sources, strict=True)]
+        return blocks
+
+    def expand_concepts(self) -> list[str]:
+        """Vocabulary words the current edit still reads as the concept (see :func:`expansion_scores`)."""
+        cfg = self.config
+        if not cfg.expand:
+            return []
+        if not hasattr(self, "_pool"):
+            exclude = [*self.phrases, *cfg.neighbours, *self.mined]
+            self._pool = nearest_words(self.text.tokenizer, self.text.text_encoder, self.concepts, cfg.expand_pool,
+                                       exclude)
+            self.text.encode(self._pool)
+        pool = [w for w in self._pool if w not in self.expanded]
+        scores = expansion_scores(self.editor, [self.text.full(w) for w in pool], self.text.full(self.concepts[0]),
+                                  [self.text.full(n) for n in [*self.config.neighbours, *self.mined]])
+        order = scores.argsort(descending=True)[: cfg.expand]
+        found = [pool[int(i)] for i in order if float(scores[i]) > 0]
+        self.expanded += found
+        return found
+
+    def run_stage(self, name: str) -> None:
+        """Stage ``uce`` is the first edit, ``rece-N`` an iteration; ``original`` edits nothing."""
+        if name == "uce":
+            self.first_edit()
+        elif name.startswith("rece"):
+            self.iteration()
+
+    def stopping_rule(self) -> StoppingRule:
+        return StoppingRule(target=self.config.stop_concept_rate, max_drop=self.config.stop_preservation_drop)
+
+    def epoch_end(self, module) -> None:
+        """After a stage's validation (``RECEModule.on_train_epoch_end``): feed the stopping rule, snapshot the
+        stage to keep, and stop the loop when the rule says so or no stage is left."""
+        rule: StoppingRule = module.stopping
+        metrics = module.trainer.callback_metrics
+        read = lambda key: None if metrics.get(key) is None else float(metrics[key])  # noqa: E731
+        before = rule.keep
+        stop = rule.update(module.stage_index, read(self.config.concept_metric),
+                           read(self.config.preservation_metric), candidate=module.stage != "original")
+        if rule.keep is not None and rule.keep != before:
+            module._best = (rule.best[0], module.stage, self.editor.snapshot())  # type: ignore[index]
+        if stop or module.stage_index >= len(module.stages) - 1:
+            module.trainer.should_stop = True
+            if stop:
+                print(f"rece: robust stopping rule ended the iterations after stage {module.stage!r} "
+                      f"(history: {rule.history})")
+
+    def iteration(self) -> None:
+        """One robust iteration: expand, derive from every source and γ, erase all, preserving the neighbours."""
+        self.text.encode(self.texts())
+        self.expand_concepts()
+        blocks = self.derive()
+        blocks += [(self.text.full(w), self.text.full(self.anchors[0])) for w in self.expanded]
+        if self.config.keep_captions:  # re-impose the first edit's constraints, so they are not relaxed
+            blocks += self._caption_blocks()
+        self._erase(blocks)
+
+
+@dataclass
+class StoppingRule:
+    """Closed-loop stopping of the robust iterations from the validation metrics of each stage.
+
+    ``update`` is called after each validated stage with its logged metrics and returns whether to stop.
+    The first validated stage's preservation (the original model's when it is validated) is the reference; a stage whose preservation falls below it by more than
+    ``max_drop`` stops the loop and is *not* a candidate to keep; otherwise the kept stage is the one with the
+    lowest concept rate (the earlier on ties). The loop also stops once the concept rate is at most ``target``.
+    """
+
+    target: float = 0.0
+    max_drop: float = 0.02
+    reference: float | None = None
+    best: tuple[float, int] | None = None
+    history: list[tuple[int, float | None, float | None]] = field(default_factory=list)
+
+    def update(self, index: int, concept_rate: float | None, preservation: float | None,
+               candidate: bool = True) -> bool:
+        """Record stage ``index``'s metrics; return whether to stop. ``candidate=False`` (the unedited model)
+        only sets the preservation reference."""
+        self.history.append((index, concept_rate, preservation))
+        if preservation is not None:
+            if self.reference is None:
+                self.reference = preservation
+            elif preservation < self.reference - self.max_drop:
+                return True
+        if not candidate:
+            return False
+        if concept_rate is not None and (self.best is None or concept_rate < self.best[0]):
+            self.best = (concept_rate, index)
+        return concept_rate is not None and concept_rate <= self.target
+
+    @property
+    def keep(self) -> int | None:
+        """The index of the stage to keep (``None`` before any candidate)."""
+        return None if self.best is None else self.best[1]
