@@ -101,6 +101,7 @@ class RobustConfig:
     preservation_metric: str = "val/preservation"
 
     def check(self) -> None:
+        """Raise a :class:`RECEError` naming the first invalid setting."""
         if self.iterations < 0:
             raise RECEError(f"robust.iterations must be ≥ 0, got {self.iterations}")
         if not self.lamb > 0:
@@ -355,6 +356,7 @@ class RobustRecipe:
             self.iteration()
 
     def stopping_rule(self) -> StoppingRule:
+        """A fresh :class:`StoppingRule` with this recipe's target and tolerated preservation drop."""
         return StoppingRule(target=self.config.stop_concept_rate, max_drop=self.config.stop_preservation_drop)
 
     def epoch_end(self, module) -> None:

@@ -18,6 +18,8 @@ LONG_FILES = {
                  "half would reach into the other's",
     "cli.py": "LightningCLI's hooks (start-up checks, run folders, resume, failures) share the parsed config; its "
               "checks and texts are in checks.py and cli_text.py",
+    "robust.py": "the opt-in robust recipe (config, caption and neighbour builders, expansion scores, iterations, "
+                 "stopping rule) stays in one file while the method is still being measured",
     "module.py": "the Lightning shell: stage loop, keep-best, lazy denoiser loading and the generation of the "
                  "validate/test/predict steps are each a few hooks of one LightningModule",
 }
