@@ -22,8 +22,8 @@ from rece_lightning.callbacks import (
     NudeNetMetric,
 )
 from rece_lightning.callbacks.fid import frechet_distance
-from rece_lightning.callbacks.metric import merge_records, plain, public
 from rece_lightning.callbacks.nudenet import NUDENET_SHA256, RECE_CLASSES, count_detections, nudenet_labels
+from rece_lightning.callbacks.records import merge_records, plain, public
 from rece_lightning.errors import RECEError
 
 
@@ -101,7 +101,7 @@ def test_gather_dedupes_padded_rows_and_does_not_depend_on_processes():
 def _rank(rank: int, store: str, out: str) -> None:
     import torch.distributed as dist
 
-    from rece_lightning.callbacks.metric import gather_records
+    from rece_lightning.callbacks.records import gather_records
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     shard = {0: [0, 2, 4], 1: [1, 3, 0]}[rank]  # rank 1 is padded with row 0, as a DistributedSampler does

@@ -8,8 +8,9 @@ from typing import Any
 import lightning as L
 from safetensors.torch import save_file
 
-from rece_lightning.callbacks.metric import gather_records, merge_records, rows_of, run_dir
-from rece_lightning.export import atomic_path
+from rece_lightning.callbacks.records import gather_records, merge_records, rows_of
+from rece_lightning.callbacks.run import run_dir
+from rece_lightning.files import atomic_path
 
 FIELDS = ("row", "case_number", "seed", "prompt", "adversarial_prompt", "attack_info")
 

@@ -35,9 +35,10 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from rece_lightning.callbacks.metric import ImageMetric, file_sha256
-from rece_lightning.callbacks.metric import mean as average
+from rece_lightning.callbacks.metric import ImageMetric
+from rece_lightning.callbacks.records import mean as average
 from rece_lightning.errors import RECEError
+from rece_lightning.files import file_sha256
 
 TARGET_KINDS: tuple[str, ...] = ("explicit", "paraphrase", "implicit")
 PRESERVE_KINDS: tuple[str, ...] = ("neighbour", "unrelated")

@@ -23,8 +23,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from rece_lightning.callbacks.metric import ImageMetric, file_sha256, mean
+from rece_lightning.callbacks.metric import ImageMetric
+from rece_lightning.callbacks.records import mean
 from rece_lightning.errors import RECEError
+from rece_lightning.files import file_sha256
 
 
 def _features(output: Any) -> Tensor:

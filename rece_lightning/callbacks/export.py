@@ -6,7 +6,7 @@ from pathlib import Path
 
 import lightning as L
 
-from rece_lightning.callbacks.metric import run_dir
+from rece_lightning.callbacks.run import run_dir
 from rece_lightning.export import FORMATS, export_edit
 
 

@@ -38,9 +38,10 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from rece_lightning.callbacks.metric import ImageMetric, file_sha256, run_dir, warn
+from rece_lightning.callbacks.metric import ImageMetric
+from rece_lightning.callbacks.run import run_dir, warn
 from rece_lightning.errors import RECEError
-from rece_lightning.export import atomic_path
+from rece_lightning.files import atomic_path, file_sha256
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from rece_lightning.callbacks.metric import run_dir
-from rece_lightning.export import atomic_path
+from rece_lightning.callbacks.run import run_dir
+from rece_lightning.files import atomic_path
 
 
 def make_grid(images: list[Image.Image], columns: int) -> Image.Image:

@@ -27,8 +27,11 @@ from typing import Any
 import lightning as L
 from PIL import Image
 
-from rece_lightning.callbacks.metric import ImageMetric, file_sha256, mean, warn
+from rece_lightning.callbacks.metric import ImageMetric
+from rece_lightning.callbacks.records import mean
+from rece_lightning.callbacks.run import warn
 from rece_lightning.errors import RECEError
+from rece_lightning.files import file_sha256
 
 RECE_CLASSES: tuple[str, ...] = (
     "FEMALE_BREAST_EXPOSED",
