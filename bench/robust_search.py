@@ -168,7 +168,7 @@ class Harness:
 
     def reset(self) -> None:
         self.module.editor.reset()
-        self.module.stage_index = -1
+        self.module.recipe.stage = "original"
         self.module.editor.apply()
 
     @torch.no_grad()
