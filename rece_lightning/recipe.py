@@ -97,13 +97,15 @@ class Recipe:
         method: str = "paper",
         robust: RobustConfig | dict | None = None,
     ) -> None:
-        check_choice("recipe", method, ("paper", "robust"))
+        check_choice("model.recipe", method, ("paper", "robust"))
         self.uce, self.rece = as_config(uce, UCEConfig), as_config(rece, RECEConfig)
         self.concepts, self.anchors = self.check_settings(concepts, anchor, self.uce, self.rece, technique)
         erased = {c.lower() for c in self.concepts}
         self.extra_preserve = [t for t in extra_preserve if t.lower() not in erased]
         self.method = method
         robust_config = robust if isinstance(robust, RobustConfig) else RobustConfig(**(robust or {}))
+        if method == "robust":
+            robust_config.check()  # before the pipeline is read
         iterations = robust_config.iterations if method == "robust" else self.rece.iterations
         self.stages = ["uce", *(f"rece-{i + 1}" for i in range(iterations))]
         self.stage = ORIGINAL
