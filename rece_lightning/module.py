@@ -274,7 +274,8 @@ class RECEModule(L.LightningModule):
         if self._best is not None:
             score, stage, state = self._best
             self.recipe.restore(stage, state)
-            rank_zero_info(f"rece: kept stage {stage!r} ({self.hparams.keep_best} = {score:.4g})")
+            metric = self.robust.config.concept_metric if self.robust is not None else self.hparams.keep_best
+            rank_zero_info(f"rece: kept stage {stage!r} ({metric} = {score:.4g})")
 
     def generate(
         self,
