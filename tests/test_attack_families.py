@@ -206,3 +206,35 @@ trainer:
     for row in found:  # one prefix token, then the prompt
         assert row["adversarial_prompt"].endswith(" " + row["prompt"])
         assert len(json.loads(row["attack_info"])["prefix_tokens"]) == 1
+
+
+def test_flux_loss_reads_the_guidance_of_a_guidance_distilled_transformer(tiny_flux):
+    """FLUX.1-dev embeds the guidance scale: the loss passes each sample's scale as the pipeline passes it."""
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    from rece_lightning.errors import RECEError
+    from rece_lightning.families import family_of
+
+    pipe = FluxPipeline.from_pretrained(tiny_flux)
+    torch.manual_seed(0)
+    config = {k: v for k, v in pipe.transformer.config.items() if not k.startswith("_")}
+    pipe.transformer = FluxTransformer2DModel(**{**config, "guidance_embeds": True})
+    family = family_of(pipe, max_sequence_length=SEQ)
+    x0 = torch.randn(1, 16 * 16, 4, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([400])
+    cond = family.prefix_conditioning([PROMPT], torch.tensor([family.text.tokenizer(PREFIX, add_special_tokens=False)
+                                                             .input_ids]))
+    with torch.no_grad(), pytest.raises(RECEError, match="guidance"):
+        family.denoising_loss(x0, noise, t, cond, height=32, width=32)
+    with torch.no_grad():
+        losses = [family.denoising_loss(x0, noise, t, cond, height=32, width=32, guidance=torch.tensor([g]))
+                  for g in (3.5, 1.0)]
+        sigma = torch.tensor([0.401])
+        img_ids = FluxPipeline._prepare_latent_image_ids(1, 16, 16, "cpu", torch.float32)
+        pred = pipe.transformer(hidden_states=(1 - sigma) * x0 + sigma * noise, timestep=sigma,
+                                guidance=torch.full([1], 3.5), pooled_projections=cond["pooled_projections"],
+                                encoder_hidden_states=cond["encoder_hidden_states"], txt_ids=torch.zeros(SEQ, 3),
+                                img_ids=img_ids, return_dict=False)[0]
+    torch.testing.assert_close(losses[0], (pred - (noise - x0)).square().flatten(1).mean(1), rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(losses[0], losses[1])
