@@ -68,6 +68,7 @@ class TextEncoder:
         self.text_encoder = text_encoder
         self._max_length = max_length
         self._cache: dict[str, EncodedText] = {}
+        self._vocabulary: list[int] | None = None
 
     @property
     def max_length(self) -> int:
@@ -122,7 +123,7 @@ class TextEncoder:
     # ------------------------------------------------------------------------- token level (the token attacks)
     def vocabulary(self) -> list[int]:
         """Token ids an attack may put into a prompt: every id of the prompt tokenizer but the special ones."""
-        if getattr(self, "_vocabulary", None) is None:
+        if self._vocabulary is None:
             self._vocabulary = search_vocabulary(self.tokenizer)
         return self._vocabulary
 

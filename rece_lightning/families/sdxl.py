@@ -70,7 +70,7 @@ class SDXLTextEncoder(TextEncoder):
 
     def vocabulary(self) -> list[int]:
         """Ids that are ordinary tokens of every tokenizer (the second one pads with ``!``, which is then excluded)."""
-        if getattr(self, "_vocabulary", None) is None:
+        if self._vocabulary is None:
             sizes = {len(t) for t in self.tokenizers} | {int(e.get_input_embeddings().weight.shape[0])
                                                           for e in self.encoders}
             if len(sizes) != 1:
