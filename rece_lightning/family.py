@@ -11,6 +11,13 @@ Supported: Stable Diffusion 1.x / 2.x (one CLIP text encoder, ``attn2.to_k`` / `
 also covers the testbed), SDXL (:mod:`rece_lightning.families.sdxl`) and Flux (:mod:`rece_lightning.families.flux`).
 A new family is a subclass listed in :data:`rece_lightning.families.FAMILIES`.
 
+The token attacks (:mod:`rece_lightning.attacks`: discrete Ring-A-Bell, UnlearnDiffAtk) also go through the family:
+its text encoder's token-level methods (:meth:`~rece_lightning.text.TextEncoder.vocabulary`,
+:meth:`~rece_lightning.text.TextEncoder.encode_token_ids`, :meth:`~rece_lightning.text.TextEncoder.encode_with_prefix`)
+and the family's :meth:`ModelFamily.prefix_conditioning` and :meth:`ModelFamily.denoising_loss` (the denoiser's
+training loss on a latent made by the pipeline). UNet families (:class:`UNetFamily`: SD 1.x/2.x, SDXL) share the DDPM
+loss; Flux has its flow-matching loss (:mod:`rece_lightning.families.flux`).
+
 The edit needs only the text encoders and the text-reading layers, so a family can work with a *stand-in* for its
 denoiser (:class:`TextLayers`: just those layers, read from the safetensors files,
 :func:`rece_lightning.pipeline.load_family`); :meth:`ModelFamily.attach` later moves the (edited) layers into the
@@ -20,17 +27,18 @@ whole pipeline when images are generated.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from rece_lightning.cross_attention import Projection, find_projections
 from rece_lightning.errors import RECEError
 from rece_lightning.text import TextEncoder
 
-__all__ = ["ModelFamily", "StableDiffusionFamily", "TextLayers"]
+__all__ = ["ModelFamily", "StableDiffusionFamily", "TextLayers", "UNetFamily"]
 
 
 class TextLayers(nn.Module):
@@ -153,8 +161,81 @@ class ModelFamily(ABC):
         self.pipeline = pipeline
         self._standin = None
 
+    # ------------------------------------------------------------------ the denoiser's loss (UnlearnDiffAtk)
+    @property
+    def num_train_timesteps(self) -> int:
+        """Training timesteps of the pipeline's scheduler (the range the denoising loss draws ``t`` from)."""
+        return int(self.pipeline.scheduler.config.num_train_timesteps)
 
-class StableDiffusionFamily(ModelFamily):
+    def prefix_conditioning(self, prompts: Sequence[str], prefix: Tensor) -> dict[str, Any]:
+        """What :meth:`denoising_loss` reads of the text, for ``prefix + prompt`` per prompt, differentiable with
+        respect to ``prefix`` (``(B, K)`` token ids or ``(B, K, V)`` weights over :meth:`TextEncoder.vocab_size
+        <rece_lightning.text.TextEncoder.vocab_size>` tokens, see
+        :meth:`~rece_lightning.text.TextEncoder.encode_with_prefix`)."""
+        raise RECEError(f"the {self.name} family has no prefix conditioning; UnlearnDiffAtk cannot attack it")
+
+    def denoising_loss(self, x0: Tensor, noise: Tensor, t: Tensor, cond: dict[str, Any], *, height: int | None = None,
+                       width: int | None = None, guidance: Tensor | None = None) -> Tensor:
+        """Per-sample training loss of the denoiser: ``x0`` (``(B, …)`` latents as the pipeline returns them with
+        ``output_type="latent"``) noised with ``noise`` at integer timesteps ``t`` in ``[0, num_train_timesteps)``,
+        the mean squared error of the denoiser's prediction under ``cond`` (:meth:`prefix_conditioning`).
+        ``height`` / ``width``: the generated image size (``None``: the pipeline's default); ``guidance``: ``(B,)``
+        guidance scales, read by guidance-distilled denoisers (FLUX.1-dev) only."""
+        raise RECEError(f"the {self.name} family has no denoising loss; UnlearnDiffAtk cannot attack it")
+
+
+def ddpm_noised(scheduler: Any, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+    """``√ᾱ_t x₀ + √(1 − ᾱ_t) ε``: the DDPM forward process, restated from ``DDPMScheduler.add_noise`` (same
+    operations, so the same bits as DDPM / DDIM / PNDM's ``add_noise``) from the scheduler's ``alphas_cumprod``, which
+    every UNet scheduler has (Euler's ``add_noise`` instead works on its inference sigmas)."""
+    alphas_cumprod = scheduler.alphas_cumprod.to(device=x0.device).to(dtype=x0.dtype)
+    t = t.to(x0.device)
+    sqrt_alpha_prod = (alphas_cumprod[t] ** 0.5).flatten()
+    while len(sqrt_alpha_prod.shape) < len(x0.shape):
+        sqrt_alpha_prod = sqrt_alpha_prod.unsqueeze(-1)
+    sqrt_one_minus_alpha_prod = ((1 - alphas_cumprod[t]) ** 0.5).flatten()
+    while len(sqrt_one_minus_alpha_prod.shape) < len(x0.shape):
+        sqrt_one_minus_alpha_prod = sqrt_one_minus_alpha_prod.unsqueeze(-1)
+    return sqrt_alpha_prod * x0 + sqrt_one_minus_alpha_prod * noise
+
+
+class UNetFamily(ModelFamily):
+    """Families whose denoiser is a UNet trained with the DDPM forward process (SD 1.x/2.x, SDXL).
+
+    Its loss is ``mean ‖pred(x_t, t, cond) − target‖²`` with ``x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε`` and target ``ε``
+    (``prediction_type="epsilon"``), ``√ᾱ_t ε − √(1 − ᾱ_t) x₀`` (``v_prediction``) or ``x₀`` (``sample``). Subclasses
+    add what their UNet reads besides the text embeddings (:meth:`added_cond_kwargs`).
+    """
+
+    def prefix_conditioning(self, prompts: Sequence[str], prefix: Tensor) -> dict[str, Any]:
+        return {"encoder_hidden_states": self.text.encode_with_prefix(prompts, prefix)[0]}
+
+    def added_cond_kwargs(self, cond: dict[str, Any], batch: int, height: int | None, width: int | None,
+                          device: torch.device) -> dict[str, Any]:
+        """Further keyword arguments of the UNet's call (SDXL: ``added_cond_kwargs``); none for SD 1.x/2.x."""
+        return {}
+
+    def denoising_loss(self, x0: Tensor, noise: Tensor, t: Tensor, cond: dict[str, Any], *, height: int | None = None,
+                       width: int | None = None, guidance: Tensor | None = None) -> Tensor:
+        scheduler = self.pipeline.scheduler
+        noisy = ddpm_noised(scheduler, x0, noise, t)
+        unet = self.pipeline.unet
+        extra = self.added_cond_kwargs(cond, len(x0), height, width, noisy.device)
+        pred = unet(noisy.to(unet.dtype), t.to(noisy.device),
+                    encoder_hidden_states=cond["encoder_hidden_states"].to(unet.dtype), **extra).sample
+        kind = getattr(scheduler.config, "prediction_type", "epsilon")
+        if kind == "epsilon":
+            target = noise
+        elif kind == "v_prediction":
+            target = ddpm_noised(scheduler, noise, -x0, t)  # √ᾱ ε − √(1 − ᾱ) x₀
+        elif kind == "sample":
+            target = x0
+        else:
+            raise RECEError(f"unknown prediction_type {kind!r} of the {self.name} scheduler")
+        return (pred.float() - target.float()).flatten(1).square().mean(1)
+
+
+class StableDiffusionFamily(UNetFamily):
     """Stable Diffusion 1.x / 2.x (and the testbed): one text encoder whose last hidden state the UNet's
     cross-attention reads through ``attn2.to_k`` / ``attn2.to_v``."""
 

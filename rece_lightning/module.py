@@ -355,7 +355,7 @@ class RECEModule(L.LightningModule):
                   if isinstance(cb, ImageMetric) and type(cb).success is not ImageMetric.success]
         self.attack_target = AttackTarget(self.pipeline, self.text, self.editor, self.generation,
                                           judge=judges[0].judge if judges else None,
-                                          pipeline_kwargs=dict(self.family.generation_kwargs()))
+                                          pipeline_kwargs=dict(self.family.generation_kwargs()), family=self.family)
 
     def test_step(self, batch: dict[str, list[Any]], batch_idx: int) -> dict[str, Any]:
         """Run every attack on the batch's prompt rows and generate from what they found (row seeds).

@@ -12,11 +12,19 @@ of the last word token for CLIP (start token first) and for T5 (no start token) 
 
 Other model families subclass :class:`TextEncoder` and override :meth:`TextEncoder.encode_batch` (SDXL: two CLIP
 encoders, Flux: T5 + pooled CLIP; see :mod:`rece_lightning.families`).
+
+**Token level** (what the token attacks need, :mod:`rece_lightning.attacks`): :meth:`TextEncoder.vocabulary` (the
+prompt tokenizer's ids an attack may use), :meth:`TextEncoder.decode`, :meth:`TextEncoder.encode_token_ids` (the
+embeddings of prompts made of given token ids: discrete Ring-A-Bell) and :meth:`TextEncoder.encode_with_prefix`
+(differentiable embeddings of prompts whose first K token slots hold given, possibly soft, tokens: UnlearnDiffAtk).
+The base class does it for one encoder whose first output is what the denoiser reads (SD 1.x / 2.x, the testbed, and
+Flux's T5); families with more encoders override them (SDXL).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +68,7 @@ class TextEncoder:
         self.text_encoder = text_encoder
         self._max_length = max_length
         self._cache: dict[str, EncodedText] = {}
+        self._vocabulary: list[int] | None = None
 
     @property
     def max_length(self) -> int:
@@ -110,6 +119,128 @@ class TextEncoder:
         """Concept and anchor rows paired with the official UCE token alignment (see module docstring)."""
         enc_c, enc_a = self.encode([concept, anchor])
         return align_tokens(enc_c, enc_a)
+
+    # ------------------------------------------------------------------------- token level (the token attacks)
+    def vocabulary(self) -> list[int]:
+        """Token ids an attack may put into a prompt: every id of the prompt tokenizer but the special ones."""
+        if self._vocabulary is None:
+            self._vocabulary = search_vocabulary(self.tokenizer)
+        return self._vocabulary
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the token-embedding table(s), the width of the one-hots :meth:`encode_with_prefix` takes."""
+        return int(self.text_encoder.get_input_embeddings().weight.shape[0])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of token ids (of :meth:`vocabulary`)."""
+        return self.tokenizer.decode(list(ids))
+
+    @torch.no_grad()
+    def encode_token_ids(self, candidates: Tensor) -> Tensor:
+        """``(B, L, d)`` float64 embeddings (on the encoder's device) of ``B`` prompts made of the ``(B, K)`` token
+        ids ``candidates``, built as the tokenizer builds a prompt: start token (if it has one), the ids, end token,
+        padding to :attr:`max_length`; then encoded as :meth:`encode_batch` does."""
+        ids = token_sequence(self.tokenizer, candidates, self.max_length)
+        device = next(self.text_encoder.parameters()).device
+        return self.text_encoder(ids.to(device))[0].double()
+
+    def encode_with_prefix(self, prompts: Sequence[str], prefix: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Embeddings of ``prefix + prompt`` for each prompt, differentiable with respect to ``prefix``.
+
+        Each prompt is tokenised as usual; its ``K`` token slots right after the start token (if any) are filled with
+        the prefix (the prompt's tail is cut to keep :attr:`max_length`). ``prefix`` is ``(B, K)`` token ids, or
+        ``(B, K, V)`` weights over the :attr:`vocab_size` tokens (one-hots, relaxed one-hots) that multiply the
+        encoder's token-embedding table. Returns the ``(B, L, d)`` embeddings the denoiser reads (in the encoder's
+        dtype, on ``prefix``'s device) and the pooled embedding where the family has one (else ``None``).
+        """
+        ids = torch.stack([prefixed_ids(self.tokenizer, p, prefix.shape[1], self.max_length, self.vocabulary()[0])
+                           for p in prompts])
+        return run_with_prefix(self.text_encoder, ids, start_slot(self.tokenizer), prefix)[0], None
+
+
+def start_token(tokenizer) -> int | None:
+    """The start token the tokenizer puts first in every prompt (CLIP's ``<|startoftext|>``, BERT's ``[CLS]``), or
+    ``None`` (T5)."""
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+    if start is None or tokenizer("a").input_ids[0] != start:
+        return None
+    return int(start)
+
+
+def start_slot(tokenizer) -> int:
+    """Index of the first token after the start token: 1 with a start token, 0 without (T5)."""
+    return 0 if start_token(tokenizer) is None else 1
+
+
+def search_vocabulary(tokenizer) -> list[int]:
+    """Every token id of ``tokenizer`` except the special ones."""
+    special = set(tokenizer.all_special_ids)
+    return [i for i in range(len(tokenizer)) if i not in special]
+
+
+def token_sequence(tokenizer, candidates: Tensor, length: int) -> Tensor:
+    """``(B, length)`` ids of prompts made of the ``(B, K)`` token ids: start token (if the tokenizer has one), the
+    ids (cut to fit), end token, padding."""
+    start = start_token(tokenizer)
+    end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    offset = 0 if start is None else 1
+    ids = torch.full((len(candidates), length), tokenizer.pad_token_id, dtype=torch.long)
+    k = min(candidates.shape[1], length - 1 - offset)
+    if start is not None:
+        ids[:, 0] = start
+    ids[:, offset : offset + k] = candidates[:, :k]
+    ids[:, offset + k] = end
+    return ids
+
+
+def prefixed_ids(tokenizer, prompt: str, k: int, length: int, placeholder: int) -> Tensor:
+    """``(length,)`` ids of ``prompt`` with ``k`` placeholder tokens inserted after the start token (if any); the
+    tail is cut to keep the length. The placeholders' embeddings are replaced (:func:`run_with_prefix`); they are an
+    ordinary token so that an encoder that pools at its end token (CLIP) finds the prompt's."""
+    ids = tokenizer(prompt, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids[0]
+    s = start_slot(tokenizer)
+    return torch.cat([ids[:s], torch.full((k,), placeholder, dtype=ids.dtype), ids[s : length - k]])
+
+
+def prefix_rows(encoder: nn.Module, prefix: Tensor) -> Tensor:
+    """The ``(B, K, d)`` token embeddings of a prefix: rows of ``encoder``'s token-embedding table for ``(B, K)`` ids,
+    or ``(B, K, V)`` weights times the table (differentiable in the weights)."""
+    table = encoder.get_input_embeddings().weight.detach().float()
+    if not prefix.is_floating_point():
+        return table[prefix.to(table.device)]
+    return prefix @ table.to(prefix.device)
+
+
+@contextlib.contextmanager
+def replaced_tokens(encoder: nn.Module, start: int, rows: Tensor) -> Iterator[None]:
+    """Inside the block, ``encoder``'s token embeddings of slots ``start … start + K − 1`` are ``rows`` (B, K, d).
+
+    The hook sits on every embedding module sharing the token table (T5's ``shared`` and ``encoder.embed_tokens``
+    are two modules with one weight)."""
+    weight = encoder.get_input_embeddings().weight
+    modules = [m for m in encoder.modules() if isinstance(m, nn.Embedding) and m.weight is weight]
+    k = rows.shape[1]
+
+    def replace(_module, _inputs, output):
+        output = output.clone()
+        output[:, start : start + k] = rows.to(output.dtype)
+        return output
+
+    handles = [m.register_forward_hook(replace) for m in modules]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def run_with_prefix(encoder: nn.Module, ids: Tensor, start: int, prefix: Tensor, **kwargs):
+    """``encoder(ids, **kwargs)`` (ids moved to ``prefix``'s device) with the token slots ``start …`` holding the
+    prefix (:func:`prefix_rows`)."""
+    rows = prefix_rows(encoder, prefix)
+    with replaced_tokens(encoder, start, rows):
+        return encoder(ids.to(prefix.device), **kwargs)
 
 
 def align_tokens(concept: EncodedText, anchor: EncodedText) -> tuple[Tensor, Tensor]:

@@ -21,6 +21,8 @@ TOKENIZER = FIXTURES / "clip-tokenizer"
 SMALL_PROMPTS = FIXTURES / "prompts" / "nudity.csv"
 SHARED = Path(os.environ.get("RECE_SHARED_DIR") or REPO.parent / "shared")
 PROMPTS = SHARED / "prompts"
+SEQ = 32
+"""Flux's ``max_sequence_length`` in the tests (512 by default)."""
 PROMPT_SETS_SKIP = "prompt sets:"
 """Start of the skip reason of every test that needs the paper prompt sets (``.ci/run`` allows only these skips)."""
 
@@ -69,6 +71,26 @@ def _save(tokenizer_path: Path, root: Path, shape: str) -> Path:
 def tiny_sd1(tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny SD1-shaped random pipeline saved as a diffusers folder."""
     return _save(tokenizer_path, tmp_path_factory.mktemp("models"), "tiny")
+
+
+def _save_family(tokenizer_path: Path, root: Path, family: str) -> Path:
+    from rece_lightning.random_pipeline import build_family
+
+    path = root / family
+    build_family(family, "tiny", tokenizer_path).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SDXL random pipeline (two CLIP encoders, ``attn2`` width 64)."""
+    return _save_family(tokenizer_path, tmp_path_factory.mktemp("models"), "sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Flux random pipeline (CLIP + tiny T5, ``context_embedder`` 32 → 32)."""
+    return _save_family(tokenizer_path, tmp_path_factory.mktemp("models"), "flux")
 
 
 @pytest.fixture(scope="session")

@@ -27,27 +27,7 @@ from rece_lightning.family import StableDiffusionFamily
 from rece_lightning.module import RECEModule
 from rece_lightning.pipeline import load_family
 from rece_lightning.recipe import Recipe
-from tests.conftest import REPO, tree_digest
-
-SEQ = 32  # Flux's max_sequence_length in these tests (512 by default)
-
-
-def _save(tokenizer_path: Path, root: Path, family: str) -> Path:
-    from rece_lightning.random_pipeline import build_family
-
-    path = root / family
-    build_family(family, "tiny", tokenizer_path).save_pretrained(path, safe_serialization=True)
-    return path
-
-
-@pytest.fixture(scope="session")
-def tiny_sdxl(tokenizer_path, tmp_path_factory) -> Path:
-    return _save(tokenizer_path, tmp_path_factory.mktemp("models"), "sdxl")
-
-
-@pytest.fixture(scope="session")
-def tiny_flux(tokenizer_path, tmp_path_factory) -> Path:
-    return _save(tokenizer_path, tmp_path_factory.mktemp("models"), "flux")
+from tests.conftest import REPO, SEQ, tree_digest
 
 
 def _pipe(path: Path, dtype=torch.float64):

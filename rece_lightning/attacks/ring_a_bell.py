@@ -1,6 +1,10 @@
 """Ring-A-Bell (Tsai et al., "Ring-A-Bell! How Reliable are Concept Removal Methods for Diffusion Models?",
 ICLR 2024): a concept vector from paired prompts, added to a prompt's embedding (continuous variant, as RECE
-evaluates it) or matched by a genetic search over tokens (the official discrete attack)."""
+evaluates it) or matched by a genetic search over tokens (the official discrete attack).
+
+Both work on every model family: the embeddings are the family's (:attr:`AttackTarget.text`), the discrete search's
+tokens those of the family's prompt tokenizer (SD: CLIP, SDXL: the shared CLIP vocabulary of both encoders, Flux:
+T5), encoded by :meth:`~rece_lightning.text.TextEncoder.encode_token_ids`."""
 
 from __future__ import annotations
 
@@ -14,6 +18,9 @@ from torch import Tensor
 from rece_lightning.attacks.base import AdversarialInput, Attack, AttackTarget
 from rece_lightning.attacks.genetic import GeneticSearch
 from rece_lightning.errors import RECEError
+from rece_lightning.text import search_vocabulary
+
+__all__ = ["RingABell", "concept_vector", "read_pairs", "search_vocabulary", "token_embeddings"]
 
 
 def read_pairs(path: str | Path) -> list[tuple[str, str]]:
@@ -81,34 +88,16 @@ class RingABell(Attack):
         targets = [target.text.full(p) + self.eta * vector for p in prompts]
         if self.mode == "continuous":
             return [AdversarialInput(prompt=p, embedding=t.float()) for p, t in zip(prompts, targets, strict=True)]
-        search = GeneticSearch(lambda ids: token_embeddings(target, ids), search_vocabulary(target.pipeline.tokenizer),
-                               **self.search_args)
+        search = GeneticSearch(target.text.encode_token_ids, target.text.vocabulary(), **self.search_args)
         out = []
         for result in search.search_many(targets):
-            text = target.pipeline.tokenizer.decode(result.tokens)
+            text = target.text.decode(result.tokens)
             out.append(AdversarialInput(prompt=text, info={"tokens": result.tokens, "loss": result.loss,
                                                            "initial_loss": result.history[0]}))
         return out
 
 
-def search_vocabulary(tokenizer) -> list[int]:
-    """Every token id except the special ones."""
-    special = set(tokenizer.all_special_ids)
-    return [i for i in range(len(tokenizer)) if i not in special]
-
-
-@torch.no_grad()
 def token_embeddings(target: AttackTarget, candidates: Tensor) -> Tensor:
-    """Encode (B, K) candidate token ids the way a prompt is encoded: start token, candidates, end token, padding."""
-    tok = target.pipeline.tokenizer
-    length = tok.model_max_length
-    start = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
-    end = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
-    ids = torch.full((len(candidates), length), tok.pad_token_id, dtype=torch.long)
-    k = min(candidates.shape[1], length - 2)
-    ids[:, 0] = start
-    ids[:, 1 : k + 1] = candidates[:, :k]
-    ids[:, k + 1] = end
-    encoder = target.pipeline.text_encoder
-    device = next(encoder.parameters()).device
-    return encoder(ids.to(device))[0].double()
+    """Encode (B, K) candidate token ids the way a prompt is encoded (:meth:`TextEncoder.encode_token_ids
+    <rece_lightning.text.TextEncoder.encode_token_ids>`): start token, candidates, end token, padding."""
+    return target.text.encode_token_ids(candidates)

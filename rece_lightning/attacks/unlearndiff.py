@@ -1,6 +1,11 @@
 """UnlearnDiffAtk (Zhang et al., "To Generate or Not? Safety-Driven Unlearned Diffusion Models Are Still Easy To
 Generate Unsafe Images … For Now", ECCV 2024): optimise a few prefix tokens so that the erased model denoises
-noised images of the concept — made by the original model — as the original model would."""
+noised images of the concept — made by the original model — as the original model would.
+
+Family-agnostic: the prefix is over the family's prompt vocabulary (:meth:`~rece_lightning.text.TextEncoder.vocabulary`;
+SDXL: the CLIP vocabulary both encoders share, Flux: T5's), the conditioning and the denoiser's training loss are
+the family's (:meth:`AttackTarget.prefix_conditioning`, :meth:`AttackTarget.denoising_loss`: DDPM ε-/v-prediction for
+SD 1.x/2.x and SDXL, flow matching for Flux)."""
 
 from __future__ import annotations
 
@@ -11,8 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rece_lightning.attacks.base import AdversarialInput, Attack, AttackTarget, Judge
-from rece_lightning.attacks.ring_a_bell import search_vocabulary
 from rece_lightning.errors import RECEError
+from rece_lightning.text import TextEncoder
 
 
 class UnlearnDiffAtk(Attack):
@@ -21,7 +26,8 @@ class UnlearnDiffAtk(Attack):
     For each row: the original (unedited) model generates the row's image latent ``x₀`` with the row's seed; then
     ``prefix_tokens`` token slots before the prompt are optimised with Adam over a relaxed one-hot ``R`` (K × V): the
     forward pass uses the hard tokens ``onehot(argmax R)`` and the gradient flows to ``R`` (straight-through). The
-    loss is ``‖ε_θ'(x_t, t, E(prefix + prompt)) − ε‖²`` on the edited model with random ``t`` and ``ε``. Every
+    loss is the edited denoiser's training loss under ``E(prefix + prompt)`` (SD: ``‖ε_θ'(x_t, t, E) − ε‖²``) with
+    random ``t`` and ``ε``. Every
     ``check_every`` steps the hard prefix is scored on a fixed set of (t, ε) and, when a ``judge`` is given,
     rendered and judged; the attack stops early on success and returns the best prefix seen.
 
@@ -34,8 +40,8 @@ class UnlearnDiffAtk(Attack):
         seed: makes the initial tokens, timesteps and noise deterministic.
         judge: ``judge(images, rows) -> [concept present?]``; default: the target's judge (the test stage's
             evaluation protocol).
-        batch_size: rows attacked together (one batched text-encoder and UNet pass per step); memory grows with it
-            (a step back-propagates through the UNet for every row of the batch).
+        batch_size: rows attacked together (one batched text-encoder and denoiser pass per step); memory grows with
+            it (a step back-propagates through the denoiser for every row of the batch).
     """
 
     name = "unlearndiff"
@@ -64,40 +70,6 @@ class UnlearnDiffAtk(Attack):
             return target.generate([r["prompt"] for r in rows], [int(r["seed"]) for r in rows],
                                    [r.get("guidance") for r in rows], output_type="latent").float()
 
-    def _ids(self, target: AttackTarget, prompt: str) -> Tensor:
-        """[start] + K placeholders + prompt tokens + [end] + padding (placeholders are replaced by the attack)."""
-        tok = target.pipeline.tokenizer
-        ids = tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids[0]
-        k = self.prefix_tokens
-        return torch.cat([ids[:1], ids[1:2].repeat(k), ids[1:-k]])  # keeps the length; truncates the tail
-
-    def _encode(self, target: AttackTarget, ids: Tensor, prefix: Tensor) -> Tensor:
-        """Text embeddings of (B, L) ids with the K slots after the start token replaced by ``prefix`` (B, K, d),
-        differentiably."""
-        encoder = target.pipeline.text_encoder
-        table = encoder.get_input_embeddings()
-        k = self.prefix_tokens
-
-        def replace(_module, _inputs, output):
-            output = output.clone()
-            output[:, 1 : k + 1] = prefix.to(output.dtype)
-            return output
-
-        handle = table.register_forward_hook(replace)
-        try:
-            return encoder(ids.to(prefix.device))[0]
-        finally:
-            handle.remove()
-
-    def _losses(self, target: AttackTarget, cond: Tensor, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        """Per-sample ``mean‖ε_θ'(x_t, t, cond) − ε‖²`` for (B, …) latents, timesteps, noise and conditions."""
-        scheduler = target.pipeline.scheduler
-        noisy = scheduler.add_noise(x0, noise, t)
-        unet = target.pipeline.unet
-        pred = unet(noisy.to(unet.dtype), t.to(noisy.device), encoder_hidden_states=cond.to(unet.dtype)).sample
-        return (pred.float() - noise.float()).flatten(1).square().mean(1)
-
     # ----------------------------------------------------------------------------------------------- attack
     def attack_rows(self, target: AttackTarget, rows: list[dict[str, Any]]) -> list[AdversarialInput]:
         """Attack a batch of rows at once. Row ``i`` draws its start tokens, timesteps and noise from its own
@@ -106,14 +78,14 @@ class UnlearnDiffAtk(Attack):
         gradient, hence its Adam update, as if it were alone."""
         judge = self.judge if self.judge is not None else target.judge
         device = target.pipeline._execution_device
-        tok = target.pipeline.tokenizer
-        table = target.pipeline.text_encoder.get_input_embeddings().weight.detach().float()
-        vocab = torch.tensor(search_vocabulary(tok))
-        n, k, n_vocab = len(rows), self.prefix_tokens, table.shape[0]
+        text = target.text
+        vocab = torch.tensor(text.vocabulary())
+        n, k, n_vocab = len(rows), self.prefix_tokens, text.vocab_size
         generators = [torch.Generator().manual_seed(self.seed + int(row.get("row", 0))) for row in rows]
         x0 = self._original_latents(target, rows).to(device)
-        ids = torch.stack([self._ids(target, row["prompt"]) for row in rows])
-        n_train = target.pipeline.scheduler.config.num_train_timesteps
+        prompts = [row["prompt"] for row in rows]
+        guidance = [row.get("guidance") for row in rows]
+        n_train = target.num_train_timesteps
         e = self.eval_timesteps
         eval_t, eval_noise, start = [], [], []
         for g in generators:
@@ -134,9 +106,10 @@ class UnlearnDiffAtk(Attack):
         @torch.no_grad()
         def objectives(tokens: Tensor, idx: list[int]) -> list[float]:
             """The fixed-(t, ε) objective of the hard prefixes ``tokens[idx]`` of rows ``idx``."""
-            cond = self._encode(target, ids[idx].repeat_interleave(e, 0), table[tokens[idx]].repeat_interleave(e, 0))
-            losses = self._losses(target, cond, x0[idx].repeat_interleave(e, 0), eval_t_all[idx].flatten(),
-                                  eval_noise_all[idx].flatten(0, 1))
+            repeated = [i for i in idx for _ in range(e)]
+            cond = target.prefix_conditioning([prompts[i] for i in repeated], tokens[idx].repeat_interleave(e, 0))
+            losses = target.denoising_loss(x0[idx].repeat_interleave(e, 0), eval_noise_all[idx].flatten(0, 1),
+                                           eval_t_all[idx].flatten(), cond, [guidance[i] for i in repeated])
             return losses.view(len(idx), e).mean(1).tolist()
 
         best_tokens = [start_tokens[i] for i in range(n)]
@@ -152,8 +125,9 @@ class UnlearnDiffAtk(Attack):
             onehot = hard + soft - soft.detach()  # straight-through: hard tokens forward, soft gradient
             t = torch.cat([torch.randint(0, n_train, (1,), generator=generators[i]) for i in active]).to(device)
             noise = torch.cat([torch.randn((1, *x0.shape[1:]), generator=generators[i]) for i in active])
-            cond = self._encode(target, ids[active], onehot @ table)
-            loss = self._losses(target, cond, x0[active], t, noise.to(device, x0.dtype)).sum()
+            cond = target.prefix_conditioning([prompts[i] for i in active], onehot)
+            loss = target.denoising_loss(x0[active], noise.to(device, x0.dtype), t, cond,
+                                         [guidance[i] for i in active]).sum()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -164,7 +138,7 @@ class UnlearnDiffAtk(Attack):
                 if value < best[i]:
                     best[i], best_tokens[i] = value, tokens[i]
             if judge is not None:
-                texts = [_prompt_text(tok, tokens[i], rows[i]["prompt"]) for i in active]
+                texts = [_prompt_text(text, tokens[i], rows[i]["prompt"]) for i in active]
                 images = target.generate(texts, [int(rows[i]["seed"]) for i in active],
                                          [rows[i].get("guidance") for i in active])
                 for i, hit in zip(list(active), judge(images, [rows[i] for i in active]), strict=True):
@@ -175,7 +149,7 @@ class UnlearnDiffAtk(Attack):
                 break
         return [
             AdversarialInput(
-                prompt=_prompt_text(tok, best_tokens[i], rows[i]["prompt"]),
+                prompt=_prompt_text(text, best_tokens[i], rows[i]["prompt"]),
                 info={"initial_objective": initial[i], "objective": best[i], "steps": steps_run[i],
                       "early_success": success[i], "prefix_tokens": best_tokens[i].tolist()},
             )
@@ -191,5 +165,5 @@ class UnlearnDiffAtk(Attack):
             return out
 
 
-def _prompt_text(tokenizer, tokens: Tensor, prompt: str) -> str:
-    return f"{tokenizer.decode(tokens.tolist()).strip()} {prompt}"
+def _prompt_text(text: TextEncoder, tokens: Tensor, prompt: str) -> str:
+    return f"{text.decode(tokens.tolist()).strip()} {prompt}"

@@ -21,14 +21,22 @@ same ``b`` to the edited and the original output, so it cancels in ``‖W'c' + b
 ``W T``: the edited layer then outputs ``≈ W c* + 2b`` for an erased text (the bias counted twice). We follow the
 objective; ``tests/test_families.py::test_flux_last_token_matches_official_uce`` checks that our edit equals the
 official computation when ``b = 0`` and differs from it by exactly that rank-one term otherwise.
+
+**The token attacks.** Their tokens are T5 tokens (the text the transformer reads through ``context_embedder``):
+discrete Ring-A-Bell searches T5 ids (no start token, ``</s>``, padding to ``max_sequence_length``), UnlearnDiffAtk
+optimises a one-hot over T5's vocabulary. The pooled CLIP embedding the transformer also reads
+(``pooled_projections``) is that of the plain prompt, held fixed: CLIP's vocabulary is not T5's, so a T5 prefix has
+no CLIP counterpart to differentiate through (the adversarial prompt's own pooled embedding is used when its images
+are generated). The loss is flow matching as Flux is trained (:meth:`FluxFamily.denoising_loss`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from rece_lightning.cross_attention import Projection, linear_layer
 from rece_lightning.errors import RECEError
@@ -63,6 +71,17 @@ class FluxTextEncoder(TextEncoder):
         lengths = tokens.attention_mask.sum(dim=1).tolist()
         return [EncodedText(text=text, embedding=hidden[i], length=int(lengths[i]),
                             pooled=None if pooled is None else pooled[i]) for i, text in enumerate(todo)]
+
+    # vocabulary, decode and encode_token_ids: the base class's, on T5 (no start token, ``</s>``, ``<pad>``)
+
+    def encode_with_prefix(self, prompts: Sequence[str], prefix: Tensor) -> tuple[Tensor, Tensor | None]:
+        """T5 embeddings with the prefix in the first ``K`` slots (differentiable); the pooled CLIP embedding of the
+        plain prompts (fixed: CLIP's vocabulary is not T5's, see the module docstring)."""
+        hidden, _ = super().encode_with_prefix(prompts, prefix)
+        if self.clip_encoder is None:
+            return hidden, None
+        pooled = torch.stack([e.pooled for e in self.encode(list(prompts))])
+        return hidden, pooled.to(hidden.device, self.clip_encoder.dtype)
 
 
 class FluxFamily(ModelFamily):
@@ -105,3 +124,45 @@ class FluxFamily(ModelFamily):
 
     def generation_kwargs(self) -> dict[str, Any]:
         return {"max_sequence_length": self.max_sequence_length}
+
+    def prefix_conditioning(self, prompts: Sequence[str], prefix: Tensor) -> dict[str, Any]:
+        hidden, pooled = self.text.encode_with_prefix(prompts, prefix)
+        return {"encoder_hidden_states": hidden, "pooled_projections": pooled}
+
+    def denoising_loss(self, x0: Tensor, noise: Tensor, t: Tensor, cond: dict[str, Any], *, height: int | None = None,
+                       width: int | None = None, guidance: Tensor | None = None) -> Tensor:
+        """Flow matching (``FlowMatchEulerDiscreteScheduler``): ``σ = (t + 1) / num_train_timesteps`` (the
+        scheduler's unshifted training sigmas, in ``(0, 1]``), ``x_σ = (1 − σ) x₀ + σ ε``, target ``v = ε − x₀``.
+
+        ``x0`` are the packed ``(B, (h/2)(w/2), 4c)`` latents ``FluxPipeline`` returns with ``output_type="latent"``;
+        the transformer is called as the pipeline calls it: ``timestep = σ``, ``guidance`` when the transformer embeds
+        it (FLUX.1-dev), ``pooled_projections``, ``encoder_hidden_states``, ``txt_ids`` (zeros) and ``img_ids`` (the
+        pipeline's latent grid for ``height`` × ``width``)."""
+        pipe = self.pipeline
+        transformer = pipe.transformer
+        device, dtype = x0.device, transformer.dtype
+        sigma = (t.to(device, torch.float64) + 1) / self.num_train_timesteps
+        s = sigma.to(x0.dtype).view(-1, *([1] * (x0.ndim - 1)))
+        noisy = (1 - s) * x0 + s * noise
+        height = height or pipe.default_sample_size * pipe.vae_scale_factor
+        width = width or pipe.default_sample_size * pipe.vae_scale_factor
+        rows = int(height) // (pipe.vae_scale_factor * 2)
+        cols = int(width) // (pipe.vae_scale_factor * 2)
+        img_ids = pipe._prepare_latent_image_ids(len(x0), rows, cols, device, dtype)
+        if x0.ndim != 3 or img_ids.shape[0] != x0.shape[1]:
+            raise RECEError(f"Flux latents of shape {tuple(x0.shape)} are not the packed latents of a {height}×{width} "
+                            f"image ({img_ids.shape[0]} patches)")
+        hidden = cond["encoder_hidden_states"]
+        txt_ids = torch.zeros(hidden.shape[1], 3, device=device, dtype=dtype)
+        if transformer.config.guidance_embeds:
+            if guidance is None:
+                raise RECEError("this Flux transformer embeds the guidance scale; pass guidance to the loss")
+            guidance = guidance.to(device, torch.float32)
+        else:
+            guidance = None
+        pooled = cond["pooled_projections"]
+        pred = transformer(hidden_states=noisy.to(dtype), timestep=sigma.to(dtype), guidance=guidance,
+                           pooled_projections=None if pooled is None else pooled.to(dtype),
+                           encoder_hidden_states=hidden.to(dtype), txt_ids=txt_ids, img_ids=img_ids,
+                           return_dict=False)[0]
+        return (pred.float() - (noise - x0).float()).flatten(1).square().mean(1)

@@ -7,19 +7,36 @@ the second encoder (``text_embeds``), which the UNet reads through its added tim
 ``attn2``. The text-reading layers are the 70 ``attn2.to_k`` / ``attn2.to_v`` pairs of the UNet, as in SD 1.x/2.x
 (github.com/rohitgandikota/unified-concept-editing ``trainscripts/uce_sd_erase.py`` edits the same layers with the
 same embeddings). Token counts come from the first tokenizer, as in that script.
+
+Token level (the token attacks): both CLIP tokenizers share one vocabulary (they differ only in padding), so a
+candidate prompt is one sequence of token ids put into both, each tokenizer with its own start/end/padding tokens;
+both encoders' penultimate states are concatenated as above (:meth:`SDXLTextEncoder.encode_token_ids`). A soft prefix
+(UnlearnDiffAtk) is one ``(K, V)`` weighting over that vocabulary that multiplies each encoder's own token table; the
+pooled embedding (encoder 2's projection) then depends on the prefix too. The UNet's denoising loss
+(:meth:`StableDiffusionXLFamily.denoising_loss`) adds ``text_embeds`` (that pooled embedding) and ``time_ids`` as
+``StableDiffusionXLPipeline`` builds them (original size = target size = the generated size, crop ``(0, 0)``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from rece_lightning.cross_attention import Projection, find_projections
 from rece_lightning.errors import RECEError
-from rece_lightning.family import ModelFamily
-from rece_lightning.text import EncodedText, TextEncoder
+from rece_lightning.family import UNetFamily
+from rece_lightning.text import (
+    EncodedText,
+    TextEncoder,
+    prefixed_ids,
+    run_with_prefix,
+    search_vocabulary,
+    start_slot,
+    token_sequence,
+)
 
 
 class SDXLTextEncoder(TextEncoder):
@@ -51,8 +68,46 @@ class SDXLTextEncoder(TextEncoder):
         return [EncodedText(text=text, embedding=embedding[i], length=int(lengths[i]),
                             pooled=None if pooled is None else pooled[i]) for i, text in enumerate(todo)]
 
+    def vocabulary(self) -> list[int]:
+        """Ids that are ordinary tokens of every tokenizer (the second one pads with ``!``, which is then excluded)."""
+        if self._vocabulary is None:
+            sizes = {len(t) for t in self.tokenizers} | {int(e.get_input_embeddings().weight.shape[0])
+                                                          for e in self.encoders}
+            if len(sizes) != 1:
+                raise RECEError(f"SDXL's tokenizers and text encoders disagree on the vocabulary size ({sorted(sizes)})"
+                                "; the token attacks need the shared CLIP vocabulary")
+            special = set().union(*(t.all_special_ids for t in self.tokenizers))
+            self._vocabulary = [i for i in search_vocabulary(self.tokenizers[0]) if i not in special]
+        return self._vocabulary
 
-class StableDiffusionXLFamily(ModelFamily):
+    @torch.no_grad()
+    def encode_token_ids(self, candidates: Tensor) -> Tensor:
+        """The same ids into both tokenizers' prompt layout (own start/end/padding), both encoders'
+        ``hidden_states[-2]`` concatenated, as :meth:`encode_batch` (on the first encoder's device)."""
+        hidden = []
+        for tokenizer, encoder in zip(self.tokenizers, self.encoders, strict=True):
+            ids = token_sequence(tokenizer, candidates, tokenizer.model_max_length)
+            device = next(encoder.parameters()).device
+            hidden.append(encoder(ids.to(device), output_hidden_states=True).hidden_states[-2].double())
+        return torch.cat([h.to(hidden[0].device) for h in hidden], dim=-1)
+
+    def encode_with_prefix(self, prompts: Sequence[str], prefix: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Both encoders with the prefix (ids, or weights over the shared vocabulary times each encoder's own
+        table) in their token slots; the concatenated penultimate states and encoder 2's pooled projection, both
+        differentiable in the prefix."""
+        hidden, pooled = [], None
+        placeholder = self.vocabulary()[0]
+        for tokenizer, encoder in zip(self.tokenizers, self.encoders, strict=True):
+            ids = torch.stack([prefixed_ids(tokenizer, p, prefix.shape[1], tokenizer.model_max_length, placeholder)
+                               for p in prompts])
+            out = run_with_prefix(encoder, ids, start_slot(tokenizer), prefix, output_hidden_states=True)
+            if pooled is None and out[0].ndim == 2:  # as encode_batch: the projection model's output
+                pooled = out[0]
+            hidden.append(out.hidden_states[-2])
+        return torch.cat(hidden, dim=-1), pooled
+
+
+class StableDiffusionXLFamily(UNetFamily):
     """SDXL (base, or the refiner with only the second encoder): ``attn2.to_k`` / ``attn2.to_v`` of the UNet read
     2048-d (refiner: 1280-d) embeddings from two CLIP encoders."""
 
@@ -79,3 +134,19 @@ class StableDiffusionXLFamily(ModelFamily):
     def find_layers(cls, denoiser: nn.Module) -> list[Projection]:
         """Every ``attn2.to_k`` / ``attn2.to_v`` of the UNet (70 pairs in SDXL base)."""
         return find_projections(denoiser)
+
+    def prefix_conditioning(self, prompts: Sequence[str], prefix: Tensor) -> dict[str, Any]:
+        hidden, pooled = self.text.encode_with_prefix(prompts, prefix)
+        return {"encoder_hidden_states": hidden, "text_embeds": pooled}
+
+    def added_cond_kwargs(self, cond: dict[str, Any], batch: int, height: int | None, width: int | None,
+                          device: torch.device) -> dict[str, Any]:
+        """``text_embeds`` (the pooled embedding) and ``time_ids`` = original size + crop ``(0, 0)`` + target size,
+        original = target = the generated ``(height, width)`` (the pipeline's defaults when ``None``), as
+        ``StableDiffusionXLPipeline`` makes them without a negative prompt."""
+        pipe = self.pipeline
+        height = height or pipe.default_sample_size * pipe.vae_scale_factor
+        width = width or pipe.default_sample_size * pipe.vae_scale_factor
+        pooled = cond["text_embeds"]
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=pooled.dtype, device=device)
+        return {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids.repeat(batch, 1)}}
