@@ -52,6 +52,8 @@ __all__ = [
     "derive_embeddings",
     "derivation_objective",
     "low_rank_factors",
+    "low_rank_svd",
+    "steps_product_factors",
     "regularised_system",
     "tensor_values",
     "uce_factors",
@@ -316,6 +318,35 @@ def low_rank_factors(delta: Tensor, *, rtol: float = 1e-10) -> tuple[Tensor, Ten
         return u[:, :0], vh[:0].T
     rank = int((s > rtol * s[0]).sum())
     return u[:, :rank] * s[:rank], vh[:rank].T
+
+
+def steps_product_factors(steps: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """``(U, V)`` with ``Π_k (I + X_k Y_kᵀ) − I = U Vᵀ`` exactly (float64, ``Σ n_k`` columns each).
+
+    With ``T_k = T_{k−1}(I + X_k Y_kᵀ) = T_{k−1} + (T_{k−1} X_k) Y_kᵀ``, the columns of ``U`` are ``T_{k−1} X_k`` and
+    those of ``V`` are ``Y_k``; ``T_{k−1} X_k = X_k + U_{<k} (V_{<k}ᵀ X_k)`` costs ``O(d n_k Σ n)``, never ``d³``.
+    """
+    us: list[Tensor] = []
+    vs: list[Tensor] = []
+    for x, y in steps:
+        tx = x if not us else x + torch.cat(us, 1) @ (torch.cat(vs, 1).T @ x)
+        us.append(tx.to(torch.float64))
+        vs.append(y.to(torch.float64))
+    if not us:
+        raise ClosedFormError("no steps: the product is the identity")
+    return torch.cat(us, 1), torch.cat(vs, 1)
+
+
+def low_rank_svd(u: Tensor, v: Tensor, *, rtol: float = 1e-10) -> tuple[Tensor, Tensor]:
+    """:func:`low_rank_factors` of ``U Vᵀ`` without forming it: QR of both factors, then the SVD of the small
+    ``R_U R_Vᵀ`` (``O(d n²)`` instead of ``O(d³)``). The same singular values and truncation as the dense SVD."""
+    qu, ru = torch.linalg.qr(u.to(torch.float64))
+    qv, rv = torch.linalg.qr(v.to(torch.float64))
+    p, s, qh = torch.linalg.svd(ru @ rv.T)
+    if s.numel() == 0 or float(s[0]) == 0.0:
+        return u[:, :0].to(torch.float64), v[:, :0].to(torch.float64)
+    rank = int((s > rtol * s[0]).sum())
+    return (qu @ p[:, :rank]) * s[:rank], qv @ qh[:rank].T
 
 
 GRAM_BLOCKS = 3

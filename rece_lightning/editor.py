@@ -26,6 +26,10 @@ from rece_lightning.cross_attention import Kind, Projection, find_projections, w
 from rece_lightning.edit_state import KINDS, EditState, Steps
 from rece_lightning.errors import RECEError
 
+LOW_RANK_FOLD = 6
+"""Fold ``W T`` as ``W + (W U) Vᵀ`` when ``T − I = U Vᵀ`` has at most ``d / LOW_RANK_FOLD`` columns: a third of the
+dense product's multiplications or fewer (thin products run less efficiently, so a smaller saving is not worth it)."""
+
 
 @dataclass(frozen=True)
 class _Cached:
@@ -140,6 +144,10 @@ class KVEditor:
         """
         out: dict[str, Tensor] = {}
         maps: dict[tuple[Kind, torch.dtype], Tensor] = {}
+        factors = self._map_factors() if self.layer_weights is None else None
+        if factors is not None and factors[0].shape[1] * LOW_RANK_FOLD > self.dim:
+            factors = None  # T − I is not thin enough: the dense W T is cheaper
+        thin: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
         for p in self.projections:
             weight = p.module.weight
             target = dtype or weight.dtype
@@ -150,6 +158,20 @@ class KVEditor:
                 value = self.base[p.key]
             else:
                 work = torch.float64 if target == torch.float64 else torch.float32
+                if factors is not None:  # W T = W + (W U) Vᵀ
+                    if work not in thin:
+                        thin[work] = (factors[0].to(weight.device, work), factors[1].T.to(weight.device, work))
+                    u, vt = thin[work]
+                    base = self.base[p.key].to(weight.device, work)
+                    if into_model and weight.dtype == work:
+                        torch.addmm(base, base @ u, vt, out=weight.data)
+                        continue
+                    value = torch.addmm(base, base @ u, vt)
+                    if into_model:
+                        weight.data.copy_(value.to(weight.device, weight.dtype))
+                    else:
+                        out[p.key] = value.to(target)
+                    continue
                 if (kind, work) not in maps:
                     maps[kind, work] = self.maps[kind].to(weight.device, work)
                 base = self.base[p.key].to(weight.device, work)
@@ -162,6 +184,14 @@ class KVEditor:
             else:
                 out[p.key] = value.to(target)
         return out
+
+    def _map_factors(self) -> tuple[Tensor, Tensor] | None:
+        """``(U, V)`` with ``T − I = U Vᵀ`` for every edited kind (they share the steps), from the edit's low-rank
+        steps; ``None`` when the history is unknown (a state read from an older checkpoint) or for the general path."""
+        steps = self.state.steps
+        if not steps or self.layer_weights is not None:
+            return None
+        return closed_form.steps_product_factors(steps)
 
     def current_weights(self, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
         """The edited weights ``W_base T`` (or the per-layer weights), in ``dtype`` (default: the model's)."""
@@ -362,8 +392,22 @@ class KVEditor:
         """Numerical rank of the value map ``T − I`` (for "replace" edits): at most the erased token rows."""
         if self.layer_weights is not None:
             raise RECEError("the edit rank of a shared map is defined for the 'replace' technique only")
-        delta = self.maps["to_v"] - torch.eye(self.dim, dtype=torch.float64, device=self.device)
-        return int(closed_form.low_rank_factors(delta, rtol=rtol)[0].shape[1])
+        return int(self._kind_factors(rtol)["to_v"][0].shape[1])
+
+    def _kind_factors(self, rtol: float) -> dict[Kind, tuple[Tensor, Tensor]]:
+        """``T − I ≈ (U S) Vᵀ`` truncated at ``rtol · σ_max`` per edited kind: from the steps without forming
+        ``T − I`` when they are known (every edited kind has that map;
+        :func:`~rece_lightning.closed_form.low_rank_svd`), else by a dense SVD of each distinct map."""
+        factors = self._map_factors()
+        if factors is not None:
+            return dict.fromkeys(self.edited_kinds, closed_form.low_rank_svd(*factors, rtol=rtol))
+        eye = torch.eye(self.dim, dtype=torch.float64, device=self.device)
+        done: dict[int, tuple[Tensor, Tensor]] = {}
+        for kind in self.edited_kinds:
+            t = self.maps[kind]
+            if id(t) not in done:
+                done[id(t)] = closed_form.low_rank_factors(t - eye, rtol=rtol)
+        return {kind: done[id(self.maps[kind])] for kind in self.edited_kinds}
 
     def lora_factors(self, rtol: float = 1e-10) -> dict[str, tuple[Tensor, Tensor]]:
         """Exact low-rank factors ``(B, A)`` with ``W_edited = W₀ + B A`` per edited projection (float64).
@@ -372,10 +416,9 @@ class KVEditor:
         otherwise each layer's difference is factored by SVD truncated at ``rtol · σ_max``.
         """
         out: dict[str, tuple[Tensor, Tensor]] = {}
-        eye = torch.eye(self.dim, dtype=torch.float64, device=self.device)
         shared: dict[Kind, tuple[Tensor, Tensor]] = {}
         if self.layer_weights is None and self.base_is_original:
-            shared = {k: closed_form.low_rank_factors(self.maps[k] - eye, rtol=rtol) for k in self.edited_kinds}
+            shared = self._kind_factors(rtol)
         current = None if shared else self.current_weights(torch.float64)
         for p in self.projections:
             if p.kind not in self.edited_kinds:

@@ -70,6 +70,30 @@ def test_factored_step_and_congruence_update_match_dense_products():
     assert_close(cf.congruence_update(a, x, y), step.T @ a @ step, rtol=1e-12, atol=1e-10)
 
 
+def test_product_of_steps_in_factored_form_equals_the_dense_product():
+    g = torch.Generator().manual_seed(4)
+    x0 = torch.randn(D, 2, generator=g, dtype=torch.float64)
+    # the third step repeats the first step's directions: T − I has rank 5, not 7
+    steps = [(x0, torch.randn(D, 2, generator=g, dtype=torch.float64)),
+             (torch.randn(D, 3, generator=g, dtype=torch.float64), torch.randn(D, 3, generator=g, dtype=torch.float64)),
+             (x0 @ torch.randn(2, 2, generator=g, dtype=torch.float64), torch.randn(D, 2, generator=g, dtype=torch.float64))]
+    steps = [(0.3 * x, 0.3 * y) for x, y in steps]
+    eye = torch.eye(D, dtype=torch.float64)
+    t = eye.clone()
+    for x, y in steps:
+        t = t @ (eye + x @ y.T)
+    u, v = cf.steps_product_factors(steps)
+    assert u.shape == v.shape == (D, 7)
+    assert_close(u @ v.T, t - eye, rtol=1e-12, atol=1e-12)
+    # the thin SVD equals the dense one: same rank, singular values and product
+    us, vs = cf.low_rank_svd(u, v)
+    us_dense, vs_dense = cf.low_rank_factors(t - eye)
+    assert us.shape[1] == us_dense.shape[1] == int(torch.linalg.matrix_rank(t - eye))
+    assert_close(us.norm(dim=0), us_dense.norm(dim=0), rtol=1e-10, atol=1e-12)
+    assert_close(us @ vs.T, t - eye, rtol=1e-10, atol=1e-12)
+    assert_close(vs.T @ vs, torch.eye(us.shape[1], dtype=torch.float64), rtol=1e-10, atol=1e-10)
+
+
 def test_tensor_values_remove_the_concept_direction():
     w, c, t, _ = _data(3)
     v = cf.tensor_values(w, c, t)

@@ -149,3 +149,29 @@ def test_derivation_sums_follow_the_edits(tiny_sd1, with_to_k):
     a, b = editor.derivation_grams()
     torch.testing.assert_close(a, from_weights()[0], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(b, from_weights()[1], rtol=1e-9, atol=1e-9)
+
+
+def test_low_rank_fold_and_factors_equal_the_dense_ones(tiny_sd1, monkeypatch):
+    """Folding ``W + (W U) Vᵀ`` from the steps equals ``W T``; the rank and LoRA factors from the steps equal those
+    of a dense SVD of ``T − I`` (a state of unknown history)."""
+    from rece_lightning import editor as editor_module
+
+    module = RECEModule(pretrained=str(tiny_sd1), concepts=["nudity"], validate_original=False,
+                        rece={"iterations": 1}, torch_dtype="float64")
+    editor = module.erase()
+    monkeypatch.setattr(editor_module, "LOW_RANK_FOLD", 10**9)  # never thin enough: the dense product
+    dense = editor.current_weights()
+    monkeypatch.setattr(editor_module, "LOW_RANK_FOLD", 1)  # always the factored product
+    thin = editor.current_weights()
+    for key, weight in dense.items():
+        torch.testing.assert_close(thin[key], weight, rtol=1e-12, atol=1e-12)
+    editor.apply()
+    for p in editor.projections:
+        torch.testing.assert_close(p.module.weight.data, dense[p.key], rtol=1e-12, atol=1e-12)
+    rank, factors = editor.edit_rank(), editor.lora_factors()
+    editor.restore_snapshot(EditState(maps=editor.state.maps, steps=None))  # history unknown: dense SVD
+    assert editor.edit_rank() == rank
+    for key, (b, a) in editor.lora_factors().items():
+        b_steps, a_steps = factors[key]
+        assert b.shape == b_steps.shape
+        torch.testing.assert_close(b_steps @ a_steps, b @ a, rtol=1e-9, atol=1e-10)
