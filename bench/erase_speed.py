@@ -7,11 +7,11 @@ side, erase, export) and reports its load time and peak resident memory; ``--fit
 Erasing loads only the text encoders and the text-reading layers (read from the safetensors files), never the
 UNet / transformer.
 
-    python bench/erase_speed.py [--family sd14|sd2|sdxl|flux] [--size full|tiny] [--repeats 5] [--dtype float32]
+    python bench/erase_speed.py [--family sd14|sd2|sdxl|flux|sd3] [--size full|tiny] [--repeats 5] [--dtype float32]
                                 [--device cuda] [--fit-process]
 
 Random pipelines (``python -m rece_lightning.random_pipeline``, float16; SD-1.4 ~2 GB, SDXL ~7 GB, Flux ~33 GB in
-bfloat16) are cached under bench/.cache/ (ignored by git).
+bfloat16, SD3-medium ~15 GB in bfloat16) are cached under bench/.cache/ (ignored by git).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def ensure_model(family: str = "sd14", size: str = "full") -> Path:
         return folder
     from rece_lightning.random_pipeline import build_family
 
-    dtype = torch.float32 if size == "tiny" else torch.bfloat16 if family == "flux" else torch.float16
+    dtype = torch.float32 if size == "tiny" else torch.bfloat16 if family in ("flux", "sd3") else torch.float16
     print(f"building a random {family} pipeline ({size}) in {folder} (once) ...", flush=True)
     pipe = build_family(family, size, TOKENIZER, dtype=dtype)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", help="dtype of the timed runs")
     parser.add_argument("--memory-dtype", default="float16", help="dtype of the erase-only memory run")
     parser.add_argument("--device", default="cpu", help="where the recipe runs (cpu, cuda)")
-    parser.add_argument("--family", default="sd14", choices=("sd14", "sd2", "sdxl", "flux"))
+    parser.add_argument("--family", default="sd14", choices=("sd14", "sd2", "sdxl", "flux", "sd3"))
     parser.add_argument("--size", default="full", choices=("full", "tiny"))
     parser.add_argument("--fit-process", action="store_true", help="also time a whole `rece fit` process")
     parser.add_argument("--erase-only", nargs=2, metavar=("MODEL", "OUT"), help=argparse.SUPPRESS)

@@ -213,7 +213,7 @@ def robust(config: RobustConfig, iterations: int) -> Callable[[RECEModule], None
     """The robust recipe's first edit and ``iterations`` iterations, in process."""
 
     def recipe(m: RECEModule) -> None:
-        r = RobustRecipe(m.editor, m.text, m.concepts, m.anchors, config)
+        r = RobustRecipe(m.editor, m.text, m.recipe.concepts, m.recipe.anchors, config)
         r.first_edit()
         for _ in range(iterations):
             r.iteration()

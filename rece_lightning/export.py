@@ -1,12 +1,12 @@
 """Save an edit in forms users can use at once; every file is written to a temporary path and renamed.
 
-* ``kv_weights.safetensors``: the edited text-reading weights (``attn2.to_k/to_v``; Flux: ``context_embedder``)
+* ``kv_weights.safetensors``: the edited text-reading weights (``attn2.to_k/to_v``; Flux, SD3: ``context_embedder``)
   keyed by the denoiser's own state-dict keys,
   loadable with ``unet.load_state_dict(load_file(path), strict=False)`` (the UCE checkpoint convention);
 * ``edit_map.safetensors``: the text-side maps ``T`` (``W' = W T``, one per projection kind) with metadata to apply
   them to the base model or undo them;
 * ``pytorch_lora_weights.safetensors``: an exact LoRA in the diffusers/PEFT format (``unet.<module>.lora_A.weight``
-  / ``lora_B.weight``; ``transformer.`` for Flux; no alpha so the scale is 1) that ``pipe.load_lora_weights(folder)``
+  / ``lora_B.weight``; ``transformer.`` for Flux and SD3; no alpha so the scale is 1) that ``pipe.load_lora_weights(folder)``
   loads;
 * ``pipeline/``: the whole edited pipeline via ``save_pretrained`` (on request).
 """
@@ -82,8 +82,8 @@ def load_kv_weights(path: str | Path) -> dict[str, Tensor]:
 
 
 def text_layers_of(denoiser: nn.Module) -> list:
-    """The text-reading layers of a denoiser of any supported family (UNet ``attn2.to_k/to_v``; Flux
-    ``context_embedder``)."""
+    """The text-reading layers of a denoiser of any supported family (UNet ``attn2.to_k/to_v``; Flux,
+    SD3 ``context_embedder``)."""
     from rece_lightning.families import FAMILIES
 
     errors = []

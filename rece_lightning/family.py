@@ -8,7 +8,8 @@ The closed form, RECE's derivation, the editor, keep-best, the callbacks, the at
 two alone and never ask which family they serve.
 
 Supported: Stable Diffusion 1.x / 2.x (one CLIP text encoder, ``attn2.to_k`` / ``attn2.to_v`` of the UNet, which
-also covers the testbed), SDXL (:mod:`rece_lightning.families.sdxl`) and Flux (:mod:`rece_lightning.families.flux`).
+also covers the testbed), SDXL (:mod:`rece_lightning.families.sdxl`), Flux (:mod:`rece_lightning.families.flux`) and
+SD3 / SD3.5 (:mod:`rece_lightning.families.sd3`).
 A new family is a subclass listed in :data:`rece_lightning.families.FAMILIES`.
 
 The token attacks (:mod:`rece_lightning.attacks`: discrete Ring-A-Bell, UnlearnDiffAtk) also go through the family:
@@ -16,7 +17,8 @@ its text encoder's token-level methods (:meth:`~rece_lightning.text.TextEncoder.
 :meth:`~rece_lightning.text.TextEncoder.encode_token_ids`, :meth:`~rece_lightning.text.TextEncoder.encode_with_prefix`)
 and the family's :meth:`ModelFamily.prefix_conditioning` and :meth:`ModelFamily.denoising_loss` (the denoiser's
 training loss on a latent made by the pipeline). UNet families (:class:`UNetFamily`: SD 1.x/2.x, SDXL) share the DDPM
-loss; Flux has its flow-matching loss (:mod:`rece_lightning.families.flux`).
+loss; Flux has its flow-matching loss (:mod:`rece_lightning.families.flux`). SD3 has none of them: its token
+attacks raise an error (:mod:`rece_lightning.families.sd3`).
 
 The edit needs only the text encoders and the text-reading layers, so a family can work with a *stand-in* for its
 denoiser (:class:`TextLayers`: just those layers, read from the safetensors files,

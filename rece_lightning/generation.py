@@ -33,7 +33,7 @@ def generate(
 
     ``prompt_embeds`` (one ``(L, d)`` tensor or ``None`` per prompt) generates from embeddings instead of text, as
     embedding-space attacks do; the unconditional branch of guidance still encodes the empty prompt.
-    Pipelines that also read a pooled text embedding (SDXL, Flux) get the pooled embedding of the row's prompt with
+    Pipelines that also read a pooled text embedding (SDXL, Flux, SD3) get the pooled embedding of the row's prompt with
     its ``prompt_embeds`` (:func:`pooled_embeddings`). ``output_type="latent"`` returns the final latents stacked in
     prompt order instead of images. ``extra`` holds further arguments of the pipeline's call (e.g. Flux's
     ``max_sequence_length``).
@@ -77,12 +77,15 @@ def generate(
 @torch.no_grad()
 def pooled_embeddings(pipe, prompts: list[str], extra: Mapping[str, Any]) -> Tensor | None:
     """The pooled text embeddings of ``prompts`` as the pipeline's ``encode_prompt`` makes them, for pipelines whose
-    call takes ``pooled_prompt_embeds`` (SDXL: second CLIP encoder's projection; Flux: CLIP's pooler output); else
-    ``None``."""
+    call takes ``pooled_prompt_embeds`` (SDXL: second CLIP encoder's projection; Flux: CLIP's pooler output; SD3:
+    both CLIP encoders' projections); else ``None``."""
     if "pooled_prompt_embeds" not in inspect.signature(pipe.__call__).parameters:
         return None
+    kwargs = {k: v for k, v in extra.items() if k == "max_sequence_length"}
+    if "prompt_3" in inspect.signature(pipe.encode_prompt).parameters:  # SD3: as SDXL's four outputs
+        return pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None, do_classifier_free_guidance=False,
+                                  **kwargs)[2]
     if getattr(pipe, "transformer", None) is not None:  # Flux: (prompt_embeds, pooled_prompt_embeds, text_ids)
-        kwargs = {k: v for k, v in extra.items() if k == "max_sequence_length"}
         return pipe.encode_prompt(prompt=prompts, prompt_2=None, **kwargs)[1]
     # SDXL: (prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds)
     return pipe.encode_prompt(prompt=prompts, do_classifier_free_guidance=False)[2]

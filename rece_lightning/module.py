@@ -83,8 +83,9 @@ class RECEModule(L.LightningModule):
             the ``uce`` stage erases caption sets, each ``rece-N`` stage many derivations, a stopping rule on the
             validation metrics ends the iterations and chooses the kept stage; ``uce`` and ``rece`` are then unused).
         robust: settings of the robust recipe (:class:`~rece_lightning.robust.RobustConfig`).
-        max_sequence_length: Flux only: T5 tokens per text (``None`` = 512 as ``FluxPipeline``; 256 for
-            FLUX.1-schnell), used for erasing and generating alike.
+        max_sequence_length: Flux and SD3 only: T5 tokens per text (``None`` = the pipeline's default: 512 for
+            ``FluxPipeline``, 256 for FLUX.1-schnell; 256 for ``StableDiffusion3Pipeline``), used for erasing and
+            generating alike.
 
     The model is loaded by family (:mod:`rece_lightning.family`): at first only the text encoders and the
     denoiser's text-reading layers (:func:`~rece_lightning.pipeline.load_family`); the denoiser and the VAE are

@@ -56,7 +56,8 @@ def pipeline_folder(pretrained: str) -> tuple[Path, dict[str, Any]]:
 
 def _from_pretrained(path: Path, index: dict[str, Any], dtype: torch.dtype, **components: Any):
     """Load the pipeline at ``path`` with its own class (``StableDiffusionPipeline`` without safety checker for
-    SD 1.x/2.x, as before), some components given or skipped (``None``)."""
+    SD 1.x/2.x, as before), some components given or skipped (``None``); components the folder records as absent
+    (``[null, null]``, e.g. SD3's ``text_encoder_3`` when saved without T5) are passed as ``None``."""
     from rece_lightning.families import family_of_index
     from rece_lightning.family import StableDiffusionFamily
 
@@ -69,6 +70,10 @@ def _from_pretrained(path: Path, index: dict[str, Any], dtype: torch.dtype, **co
         from diffusers import DiffusionPipeline as cls
 
         extra = {}
+    # components saved as None (``[null, null]``, e.g. SD3 without T5) must be passed as None to load again
+    absent = {k: None for k, v in index.items() if not k.startswith("_") and isinstance(v, list | tuple)
+              and len(v) == 2 and v[0] is None and v[1] is None and k not in extra}
+    components = {**absent, **components}
     try:
         with warnings.catch_warnings():  # newer diffusers renamed torch_dtype → dtype; both spell the same request
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)

@@ -11,7 +11,7 @@ of the last word token for CLIP (start token first) and for T5 (no start token) 
 (``""``, ``" "``: just ``</s>``) gets ``i = 0``.
 
 Other model families subclass :class:`TextEncoder` and override :meth:`TextEncoder.encode_batch` (SDXL: two CLIP
-encoders, Flux: T5 + pooled CLIP; see :mod:`rece_lightning.families`).
+encoders, Flux: T5 + pooled CLIP, SD3: two CLIP + T5 in one sequence; see :mod:`rece_lightning.families`).
 
 **Token level** (what the token attacks need, :mod:`rece_lightning.attacks`): :meth:`TextEncoder.vocabulary` (the
 prompt tokenizer's ids an attack may use), :meth:`TextEncoder.decode`, :meth:`TextEncoder.encode_token_ids` (the

@@ -22,7 +22,7 @@ SMALL_PROMPTS = FIXTURES / "prompts" / "nudity.csv"
 SHARED = Path(os.environ.get("RECE_SHARED_DIR") or REPO.parent / "shared")
 PROMPTS = SHARED / "prompts"
 SEQ = 32
-"""Flux's ``max_sequence_length`` in the tests (512 by default)."""
+"""Flux's and SD3's ``max_sequence_length`` in the tests (512 / 256 by default)."""
 PROMPT_SETS_SKIP = "prompt sets:"
 """Start of the skip reason of every test that needs the paper prompt sets (``.ci/run`` allows only these skips)."""
 
@@ -91,6 +91,13 @@ def tiny_sdxl(tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def tiny_flux(tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Flux random pipeline (CLIP + tiny T5, ``context_embedder`` 32 → 32)."""
     return _save_family(tokenizer_path, tmp_path_factory.mktemp("models"), "flux")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3(tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SD3 random pipeline (two CLIP encoders of width 32 + tiny T5 of width 96, ``context_embedder``
+    96 → 32)."""
+    return _save_family(tokenizer_path, tmp_path_factory.mktemp("models"), "sd3")
 
 
 @pytest.fixture(scope="session")

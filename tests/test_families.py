@@ -1,4 +1,4 @@
-"""Model families (SDXL, Flux) on tiny random pipelines: text side equals the pipelines' ``encode_prompt``, the
+"""Model families (SDXL, Flux, SD3) on tiny random pipelines: text side equals the pipelines' ``encode_prompt``, the
 official UCE scripts' single-token computation, RECE's derivation oracle, ``rece fit`` / export / LoRA / ``rece
 validate`` end to end, and erasing without the denoiser in memory."""
 
@@ -22,16 +22,23 @@ from rece_lightning.errors import RECEError
 from rece_lightning.export import EDIT_MAP, KV_WEIGHTS, LORA
 from rece_lightning.families import family_of
 from rece_lightning.families.flux import FluxFamily
+from rece_lightning.families.sd3 import StableDiffusion3Family
 from rece_lightning.families.sdxl import StableDiffusionXLFamily
 from rece_lightning.family import StableDiffusionFamily
+from rece_lightning.generation import pooled_embeddings
 from rece_lightning.module import RECEModule
 from rece_lightning.pipeline import load_family
 from rece_lightning.recipe import Recipe
 from tests.conftest import REPO, SEQ, tree_digest
 
 
-def _pipe(path: Path, dtype=torch.float64):
-    return DiffusionPipeline.from_pretrained(path, torch_dtype=dtype)
+def _pipe(path: Path, dtype=torch.float64, **components):
+    return DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, **components)
+
+
+def _model(request, family: str) -> Path:
+    """The tiny pipeline folder of ``family`` (built on first use)."""
+    return request.getfixturevalue(f"tiny_{family}")
 
 
 # ------------------------------------------------------------------------------------------------ the family seam
@@ -45,19 +52,56 @@ def test_families_are_chosen_from_the_pipeline(tiny_sdxl, tiny_flux, tiny_sd1):
         assert type(loaded.denoiser).__name__ == "TextLayers"
 
 
+def test_sd3_is_told_apart_from_flux_and_sdxl(tiny_sd3, tiny_flux, tiny_sdxl, tmp_path):
+    """SD3 and Flux both have a transformer and a text_encoder_2; SD3's ``text_encoder_3`` slot (``None`` without
+    T5) tells them apart, for pipelines and for ``model_index.json`` alike."""
+    pipe = _pipe(tiny_sd3, torch.float32)
+    family = family_of(pipe, max_sequence_length=SEQ)
+    assert type(family) is StableDiffusion3Family and family.width == 96
+    assert not FluxFamily.matches(pipe) and not StableDiffusionXLFamily.matches(pipe)
+    for other in (tiny_flux, tiny_sdxl):
+        assert not StableDiffusion3Family.matches(_pipe(other, torch.float32))
+    loaded = load_family(str(tiny_sd3), max_sequence_length=SEQ)
+    assert type(loaded) is StableDiffusion3Family and loaded.text_only
+    assert type(loaded.denoiser).__name__ == "TextLayers"
+    # without T5 (text_encoder_3 / tokenizer_3 null in model_index.json): still SD3, T5 rows are zeros
+    no_t5 = _pipe(tiny_sd3, torch.float32, text_encoder_3=None, tokenizer_3=None)
+    assert not FluxFamily.matches(no_t5) and type(family_of(no_t5)) is StableDiffusion3Family
+    no_t5.save_pretrained(tmp_path / "no_t5", safe_serialization=True)
+    index = json.loads((tmp_path / "no_t5" / "model_index.json").read_text())
+    assert index["text_encoder_3"] == [None, None]
+    assert not FluxFamily.matches_index({**index, "_class_name": "SomePipeline"})
+    loaded = load_family(str(tmp_path / "no_t5"), max_sequence_length=SEQ)
+    assert type(loaded) is StableDiffusion3Family and loaded.text.t5_encoder is None
+    encoded = loaded.text.encode(["nudity"])[0]
+    with torch.no_grad():
+        embeds = no_t5.encode_prompt(prompt="nudity", prompt_2=None, prompt_3=None, do_classifier_free_guidance=False,
+                                     max_sequence_length=SEQ)[0][0]
+    assert encoded.embedding.shape == (77 + SEQ, 96) and not encoded.embedding[77:].any()
+    torch.testing.assert_close(encoded.embedding, embeds.double(), rtol=0, atol=0)
+
+
+def test_sd3_token_attacks_raise_a_clear_error(tiny_sd3):
+    family = load_family(str(tiny_sd3), max_sequence_length=SEQ)
+    for call in (family.text.vocabulary, lambda: family.text.encode_token_ids(torch.zeros(1, 2, dtype=torch.long)),
+                 lambda: family.text.encode_with_prefix(["a"], torch.zeros(1, 2, dtype=torch.long)),
+                 lambda: family.prefix_conditioning(["a"], torch.zeros(1, 2, dtype=torch.long))):
+        with pytest.raises(RECEError, match="token attacks .* are not available for SD3"):
+            call()
+
+
 def test_unsupported_pipeline_names_the_supported_families(tmp_path):
-    with pytest.raises(RECEError, match=r"not a supported model family.*stable-diffusion, sdxl, flux"):
+    with pytest.raises(RECEError, match=r"not a supported model family.*stable-diffusion, sdxl, flux, sd3"):
         family_of(SimpleNamespace(transformer=object(), text_encoder=object()))
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyPipeline",
                                                            "prior": ["diffusers", "PriorTransformer"]}))
-    with pytest.raises(RECEError, match=r"KandinskyPipeline.*supported: stable-diffusion, sdxl, flux"):
+    with pytest.raises(RECEError, match=r"KandinskyPipeline.*supported: stable-diffusion, sdxl, flux, sd3"):
         load_family(str(tmp_path))
 
 
-@pytest.mark.parametrize("family", ["sdxl", "flux"])
-def test_text_side_equals_encode_prompt(family, tiny_sdxl, tiny_flux):
-    path = tiny_sdxl if family == "sdxl" else tiny_flux
-    pipe = _pipe(path, torch.float32)
+@pytest.mark.parametrize("family", ["sdxl", "flux", "sd3"])
+def test_text_side_equals_encode_prompt(family, request):
+    pipe = _pipe(_model(request, family), torch.float32)
     text = family_of(pipe, max_sequence_length=SEQ).text
     prompts = ["nudity", "a photo of a cat", ""]
     encoded = text.encode(prompts)
@@ -65,6 +109,12 @@ def test_text_side_equals_encode_prompt(family, tiny_sdxl, tiny_flux):
         if family == "sdxl":
             embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, do_classifier_free_guidance=False)
             assert embeds.shape[-1] == 64  # both encoders' penultimate states, concatenated
+        elif family == "sd3":
+            embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None,
+                                                      do_classifier_free_guidance=False, max_sequence_length=SEQ)
+            assert embeds.shape[1:] == (77 + SEQ, 96) and pooled.shape[-1] == 64  # CLIP rows then T5 rows
+            assert not embeds[:, :77, 64:].any()  # the CLIP features, zero-padded to T5's width
+            torch.testing.assert_close(pooled_embeddings(pipe, prompts, {"max_sequence_length": SEQ}), pooled)
         else:
             embeds, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, max_sequence_length=SEQ)
             assert embeds.shape[1] == SEQ
@@ -73,8 +123,8 @@ def test_text_side_equals_encode_prompt(family, tiny_sdxl, tiny_flux):
         torch.testing.assert_close(enc.pooled, pooled[i].double(), rtol=0, atol=0)
 
 
-def test_stand_in_layers_equal_the_denoiser(tiny_sdxl, tiny_flux):
-    for path in (tiny_sdxl, tiny_flux):
+def test_stand_in_layers_equal_the_denoiser(tiny_sdxl, tiny_flux, tiny_sd3):
+    for path in (tiny_sdxl, tiny_flux, tiny_sd3):
         family = load_family(str(path), max_sequence_length=SEQ)
         denoiser = getattr(_pipe(path, torch.float32), family.denoiser_name)
         names = [p.name for p in type(family).find_layers(denoiser)]
@@ -178,16 +228,16 @@ def test_flux_last_token_matches_official_uce(tiny_flux):
 
 
 # ------------------------------------------------------------------------- RECE's derivation: zero gradient
-@pytest.mark.parametrize("family", ["sdxl", "flux"])
-def test_derivation_has_zero_gradient(family, tiny_sdxl, tiny_flux):
+@pytest.mark.parametrize("family", ["sdxl", "flux", "sd3"])
+def test_derivation_has_zero_gradient(family, request):
     """``c' = argmin Σ_l ‖W'_l c' − W_l c‖² + γ‖c'‖²`` (RECE eq. 8, regzero): its gradient vanishes, computed
     layer by layer from the edited and original weights, in the family's embedding space."""
-    pipe = _pipe(tiny_sdxl if family == "sdxl" else tiny_flux)
+    pipe = _pipe(_model(request, family))
     recipe = Recipe(family_of(pipe, max_sequence_length=SEQ), ["nudity"], " ", rece={"iterations": 1, "gamma": 0.1})
     recipe.run("uce", apply=False)
     concept = recipe.text.full("nudity")
     (derived,) = recipe.derive()
-    assert derived.shape == concept.shape and derived.shape[1] == (64 if family == "sdxl" else 32)
+    assert derived.shape == concept.shape and derived.shape[1] == {"sdxl": 64, "flux": 32, "sd3": 96}[family]
     edited = recipe.editor.current_weights(torch.float64)
     grad = 0.1 * derived
     for p in recipe.editor.projections:
@@ -220,11 +270,11 @@ def _image(pipe, **kwargs):
                 generator=torch.Generator().manual_seed(0), **kwargs).images[0]
 
 
-@pytest.mark.parametrize("family", ["sdxl", "flux"])
-def test_fit_export_lora_validate_end_to_end(family, tiny_sdxl, tiny_flux, tmp_path):
-    model = tiny_sdxl if family == "sdxl" else tiny_flux
-    config = "nudity_sdxl.yaml" if family == "sdxl" else "nudity_flux.yaml"
-    extra = ("--model.max_sequence_length", str(SEQ)) if family == "flux" else ()
+@pytest.mark.parametrize("family", ["sdxl", "flux", "sd3"])
+def test_fit_export_lora_validate_end_to_end(family, request, tmp_path):
+    model = _model(request, family)
+    config = f"nudity_{family}.yaml"
+    extra = ("--model.max_sequence_length", str(SEQ)) if family != "sdxl" else ()
     before = tree_digest(model)
     version = _fit(config, model, tmp_path / "run", _prompts(tmp_path), *extra)
     assert tree_digest(model) == before, "the source model folder was modified"
@@ -233,13 +283,13 @@ def test_fit_export_lora_validate_end_to_end(family, tiny_sdxl, tiny_flux, tmp_p
     kv = load_file(export / KV_WEIGHTS)
     prefix = "unet" if family == "sdxl" else "transformer"
     assert all(k.startswith(f"{prefix}.") for k in load_file(export / LORA))
-    if family == "flux":
+    if family != "sdxl":
         assert set(kv) == {"context_embedder.weight"}
     else:
         assert len(kv) == 24 and all(k.endswith(("attn2.to_k.weight", "attn2.to_v.weight")) for k in kv)
 
     # the kv weights and the LoRA generate the same images with the family's own pipeline
-    kwargs = {"max_sequence_length": SEQ} if family == "flux" else {}
+    kwargs = {"max_sequence_length": SEQ} if family != "sdxl" else {}
     edited = _pipe(model, torch.float32)
     denoiser = getattr(edited, prefix)
     original = _image(edited, **kwargs)
@@ -265,9 +315,9 @@ def test_fit_export_lora_validate_end_to_end(family, tiny_sdxl, tiny_flux, tmp_p
     assert metrics
 
 
-@pytest.mark.parametrize("family", ["sd1", "sdxl", "flux"])
-def test_fit_without_validation_never_loads_the_denoiser(family, tiny_sd1, tiny_sdxl, tiny_flux, tmp_path):
-    model = {"sd1": tiny_sd1, "sdxl": tiny_sdxl, "flux": tiny_flux}[family]
+@pytest.mark.parametrize("family", ["sd1", "sdxl", "flux", "sd3"])
+def test_fit_without_validation_never_loads_the_denoiser(family, request, tmp_path):
+    model = _model(request, family)
     module = RECEModule(pretrained=str(model), concepts=["nudity"], validate_original=False,
                         rece={"iterations": 1}, max_sequence_length=SEQ)
     trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,

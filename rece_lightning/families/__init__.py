@@ -5,7 +5,12 @@ The seam itself (:class:`~rece_lightning.family.ModelFamily`) and Stable Diffusi
 
 * :mod:`~rece_lightning.families.sdxl` — SDXL: two CLIP encoders, UNet ``attn2.to_k`` / ``attn2.to_v`` (2048-d);
 * :mod:`~rece_lightning.families.flux` — Flux: T5 token embeddings read by the transformer's ``context_embedder``
-  (4096-d), plus the pooled CLIP embedding.
+  (4096-d), plus the pooled CLIP embedding;
+* :mod:`~rece_lightning.families.sd3` — Stable Diffusion 3 / 3.5: the joint CLIP-L ⊕ CLIP-G (zero-padded) + T5
+  sequence read by the transformer's ``context_embedder`` (4096-d), plus both pooled CLIP embeddings.
+
+Flux and SD3 both have a transformer and a ``text_encoder_2``; an SD3 pipeline (or its ``model_index.json``) also has
+a ``text_encoder_3`` slot (``None`` without T5), which tells them apart (:meth:`FluxFamily.matches` excludes it).
 """
 
 from __future__ import annotations
@@ -15,17 +20,20 @@ from typing import Any
 
 from rece_lightning.errors import RECEError
 from rece_lightning.families.flux import FluxFamily
+from rece_lightning.families.sd3 import StableDiffusion3Family
 from rece_lightning.families.sdxl import StableDiffusionXLFamily
 from rece_lightning.family import ModelFamily, StableDiffusionFamily
 
-__all__ = ["FAMILIES", "FluxFamily", "StableDiffusionXLFamily", "family_of", "family_of_index"]
+__all__ = ["FAMILIES", "FluxFamily", "StableDiffusion3Family", "StableDiffusionXLFamily", "family_of", "family_of_index"]
 
 
-FAMILIES: list[type[ModelFamily]] = [StableDiffusionFamily, StableDiffusionXLFamily, FluxFamily]
+FAMILIES: list[type[ModelFamily]] = [StableDiffusionFamily, StableDiffusionXLFamily, FluxFamily,
+                                     StableDiffusion3Family]
 """Every supported family, in the order they are tried."""
 
 SUPPORTED = ("Stable Diffusion 1.x/2.x (one text encoder, UNet attn2.to_k/to_v), SDXL (two CLIP encoders, UNet "
-             "attn2.to_k/to_v) and Flux (CLIP + T5, transformer context_embedder)")
+             "attn2.to_k/to_v), Flux (CLIP + T5, transformer context_embedder) and SD3 (two CLIP + T5, transformer "
+             "context_embedder)")
 
 
 def _unsupported(what: str) -> RECEError:

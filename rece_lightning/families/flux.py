@@ -97,9 +97,11 @@ class FluxFamily(ModelFamily):
 
     @classmethod
     def matches(cls, pipeline: Any) -> bool:
+        """A transformer and T5 as ``text_encoder_2``; not SD3, whose pipelines also have a ``text_encoder_3`` /
+        ``tokenizer_3`` slot (even when loaded without T5, where ``text_encoder_2`` is its second CLIP)."""
         return all(getattr(pipeline, part, None) is not None for part in ("transformer", "text_encoder_2",
-                                                                          "tokenizer_2")) and (
-            getattr(pipeline, "text_encoder_3", None) is None)
+                                                                          "tokenizer_2")) and not (
+            hasattr(pipeline, "text_encoder_3") or hasattr(pipeline, "tokenizer_3"))
 
     @property
     def max_sequence_length(self) -> int:
