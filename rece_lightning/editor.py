@@ -187,10 +187,11 @@ class KVEditor:
 
     def _map_factors(self) -> tuple[Tensor, Tensor] | None:
         """``(U, V)`` with ``T − I = U Vᵀ`` for every edited kind (they share the steps), from the edit's low-rank
-        steps; ``None`` when the history is unknown (a state read from an older checkpoint) or for the general path."""
+        steps; ``None`` when the history is unknown (a state read from an older checkpoint), for the general path, or
+        when the steps have ``d`` or more columns in all."""
         steps = self.state.steps
-        if not steps or self.layer_weights is not None:
-            return None
+        if not steps or self.layer_weights is not None or sum(x.shape[1] for x, _ in steps) >= self.dim:
+            return None  # (with d or more columns the factors are no cheaper than the d × d map itself)
         return closed_form.steps_product_factors(steps)
 
     def current_weights(self, dtype: torch.dtype | None = None) -> dict[str, Tensor]:

@@ -57,6 +57,10 @@ class RobustConfig:
             ``testbed`` (captions of the testbed's training grammar, explicit templates only).
         preserve_prompts: prompts without the concept, preserved (same sources): the model's normal prompts.
         num_prompts: how many prompts ``testbed`` samples (or the most read from a file; 0 = all).
+        judged_prompts: a CSV of prompts labelled by a judge on the original model (columns ``prompt``,
+            ``shows_concept`` 0/1; ``bench/robust_corpus.py`` writes one from the model's implicit captions): those
+            that show the concept are erased like the captions (towards the concept's anchor: they name no concept
+            phrase to replace), the others preserved.
         context_anchor: the anchor of an erased prompt is the prompt with its concept phrase replaced by this text
             (``"shape"``: "a red triangle" → "a red shape"); a list is cycled over the prompts (e.g. the neighbours:
             "a red triangle" → "a red circle", the next one → "… square"); ``None`` maps it to the concept's anchor.
@@ -92,6 +96,7 @@ class RobustConfig:
     erase_prompts: list[str] | str | None = None
     preserve_prompts: list[str] | str | None = None
     num_prompts: int = 300
+    judged_prompts: str | None = None
     context_anchor: str | list[str] | None = None
     expand: int = 0
     expand_pool: int = 2000
@@ -108,6 +113,12 @@ class RobustConfig:
             raise RECEError(f"robust.lamb (λ) must be > 0, got {self.lamb}")
         if not self.gammas or any(g < 0 for g in self.gammas):
             raise RECEError(f"robust.gammas must be a non-empty list of values ≥ 0, got {self.gammas}")
+        if self.judged_prompts is not None:
+            from pathlib import Path
+
+            if not Path(self.judged_prompts).is_file():
+                raise RECEError(f"robust.judged_prompts: {self.judged_prompts} does not exist "
+                                "(write one with bench/robust_corpus.py)")
         for t in self.templates:
             if t.count("{}") != 1:
                 raise RECEError(f"robust template {t!r} must have exactly one '{{}}' slot")
@@ -156,6 +167,26 @@ def read_prompts(source: str | list[str], concept: str, n: int, *, with_concept:
     with path.open(newline="", encoding="utf-8") as handle:
         prompts = [row["prompt"] for row in csv.DictReader(handle) if row.get("prompt")]
     return prompts[:n] if n else prompts
+
+
+def read_judged(path: str) -> tuple[list[str], list[str]]:
+    """``(prompts that show the concept, the others)`` of a judged-prompt CSV (columns ``prompt``, ``shows_concept``)."""
+    import csv
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        raise RECEError(f"robust.judged_prompts: {file} does not exist (write one with bench/robust_corpus.py)")
+    with file.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or not {"prompt", "shows_concept"} <= set(rows[0]):
+        raise RECEError(f"robust.judged_prompts: {file} needs the columns 'prompt' and 'shows_concept' (0 or 1)")
+    bad = [r["shows_concept"] for r in rows if r["shows_concept"] not in ("0", "1")]
+    if bad:
+        raise RECEError(f"robust.judged_prompts: {file}: shows_concept must be 0 or 1, got {bad[0]!r}")
+    shown = [r["prompt"] for r in rows if r["shows_concept"] == "1" and r["prompt"].strip()]
+    other = [r["prompt"] for r in rows if r["shows_concept"] == "0" and r["prompt"].strip()]
+    return shown, other
 
 
 def replace_phrase(prompt: str, phrases: Sequence[str], replacement: str) -> str | None:
@@ -263,6 +294,8 @@ class RobustRecipe:
         concept = self.concepts[0]
         if config.erase_prompts is not None:
             self.captions += read_prompts(config.erase_prompts, concept, config.num_prompts, with_concept=True)
+        judged_shown, judged_other = ([], []) if config.judged_prompts is None else read_judged(config.judged_prompts)
+        self.captions = list(dict.fromkeys([*self.captions, *judged_shown]))
         self.caption_anchor: dict[str, str] = {}
         for template in config.templates:
             for phrase in phrases:
@@ -284,7 +317,8 @@ class RobustRecipe:
         self.neighbour_captions = fill(config.templates, [*config.neighbours, *mined])
         extra = [] if config.preserve_prompts is None else read_prompts(
             config.preserve_prompts, concept, config.num_prompts, with_concept=False)
-        self.preserved = list(dict.fromkeys([*config.preserve, *self.anchors, *self.neighbour_captions, *extra]))
+        self.preserved = list(dict.fromkeys([*config.preserve, *self.anchors, *self.neighbour_captions, *extra,
+                                             *judged_other]))
 
     def texts(self) -> list[str]:
         """Every text the recipe encodes (one batched text-encoder pass)."""

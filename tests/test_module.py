@@ -151,27 +151,45 @@ def test_derivation_sums_follow_the_edits(tiny_sd1, with_to_k):
     torch.testing.assert_close(b, from_weights()[1], rtol=1e-9, atol=1e-9)
 
 
-def test_low_rank_fold_and_factors_equal_the_dense_ones(tiny_sd1, monkeypatch):
+def test_low_rank_fold_and_factors_equal_the_dense_ones(monkeypatch):
     """Folding ``W + (W U) Vᵀ`` from the steps equals ``W T``; the rank and LoRA factors from the steps equal those
-    of a dense SVD of ``T − I`` (a state of unknown history)."""
-    from rece_lightning import editor as editor_module
+    of a dense SVD of ``T − I`` (a state of unknown history). Random layers of width 96, steps of 4 rows each."""
+    from torch import nn
 
-    module = RECEModule(pretrained=str(tiny_sd1), concepts=["nudity"], validate_original=False,
-                        rece={"iterations": 1}, torch_dtype="float64")
-    editor = module.erase()
+    from rece_lightning import editor as editor_module
+    from rece_lightning.cross_attention import Projection
+    from rece_lightning.editor import KVEditor
+
+    torch.manual_seed(0)
+    d = 96
+    layers = [Projection(f"b{i}.attn2.{kind}", kind, nn.Linear(d, 48, bias=False).double())
+              for i in range(3) for kind in ("to_k", "to_v")]
+    editor = KVEditor(layers)
+    for _ in range(3):  # 3 steps of 4 rows: T − I = U Vᵀ with 12 columns
+        c = torch.randn(4, d, dtype=torch.float64)
+        editor.erase([(c, torch.randn(4, d, dtype=torch.float64))], torch.randn(6, d, dtype=torch.float64),
+                     lamb=0.5, erase_scale=1.0, preserve_scale=1.0)
+    u, v = editor._map_factors()
+    assert u.shape == (d, 12)
     monkeypatch.setattr(editor_module, "LOW_RANK_FOLD", 10**9)  # never thin enough: the dense product
     dense = editor.current_weights()
     monkeypatch.setattr(editor_module, "LOW_RANK_FOLD", 1)  # always the factored product
     thin = editor.current_weights()
     for key, weight in dense.items():
         torch.testing.assert_close(thin[key], weight, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(weight, editor.original[key] @ editor.maps["to_v"], rtol=1e-12, atol=1e-12)
     editor.apply()
     for p in editor.projections:
         torch.testing.assert_close(p.module.weight.data, dense[p.key], rtol=1e-12, atol=1e-12)
+    state = editor.snapshot()
     rank, factors = editor.edit_rank(), editor.lora_factors()
-    editor.restore_snapshot(EditState(maps=editor.state.maps, steps=None))  # history unknown: dense SVD
-    assert editor.edit_rank() == rank
+    assert rank == 12
+    editor.restore_snapshot(EditState(maps=state.maps, steps=None))  # history unknown: dense SVD
+    assert editor._map_factors() is None and editor.edit_rank() == rank
     for key, (b, a) in editor.lora_factors().items():
         b_steps, a_steps = factors[key]
         assert b.shape == b_steps.shape
         torch.testing.assert_close(b_steps @ a_steps, b @ a, rtol=1e-9, atol=1e-10)
+    wide = EditState(maps=state.maps, steps=((torch.zeros(d, d // 2 + 1, dtype=torch.float64),) * 2,) * 2)
+    editor.restore_snapshot(wide)
+    assert editor._map_factors() is None  # d or more columns in all: the dense map is cheaper

@@ -150,6 +150,33 @@ def test_iteration_erases_the_derived_embeddings(robust_module):
     assert regeneration_error() > before  # the derived embedding no longer regenerates the concept as well
 
 
+def test_judged_prompts_are_erased_or_preserved(tiny_sd1, tmp_path):
+    """A judged corpus: the prompts that show the concept are erased towards the concept's anchor (they name no
+    phrase to replace), the others preserved; a bad file is refused before anything is loaded."""
+    judged = tmp_path / "judged.csv"
+    judged.write_text("prompt,shows_concept,votes,seeds\na sunbather on the beach,1,4,4\na bowl of fruit,0,0,4\n")
+    settings = {"neighbours": ["a dress"], "preserve_scale": 10.0, "erase_scale": 10.0, "lamb": 0.01,
+                "judged_prompts": str(judged)}
+    m = RECEModule(pretrained=str(tiny_sd1), concepts=["nudity"], anchor="a person", recipe="robust",
+                   robust=settings, validate_original=False)
+    recipe = m.robust
+    assert "a sunbather on the beach" in recipe.captions and recipe._anchor("a sunbather on the beach") == "a person"
+    assert "a bowl of fruit" in recipe.preserved and "a bowl of fruit" not in recipe.captions
+    recipe.first_edit()
+    target = _outputs(m, "a person", edited=False)
+    before = (_outputs(m, "a sunbather on the beach", edited=False) - target).norm()
+    assert (_outputs(m, "a sunbather on the beach", edited=True) - target).norm() < 0.7 * before
+    fruit = _outputs(m, "a bowl of fruit", edited=False)
+    assert (_outputs(m, "a bowl of fruit", edited=True) - fruit).norm() / fruit.norm() < 0.15
+    for text, message in (("prompt,votes\na,1\n", "shows_concept"), ("prompt,shows_concept\na,yes\n", "0 or 1")):
+        judged.write_text(text)
+        with pytest.raises(RECEError, match=message):
+            RECEModule(pretrained=str(tiny_sd1), concepts=["nudity"], recipe="robust", robust=settings,
+                       validate_original=False)
+    with pytest.raises(RECEError, match="does not exist"):
+        RobustConfig(judged_prompts=str(tmp_path / "missing.csv")).check()
+
+
 def test_module_runs_the_robust_stages(robust_module):
     m = robust_module
     assert m.hparams.recipe == "robust" and m.hparams.robust["iterations"] == 2
