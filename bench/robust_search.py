@@ -3,7 +3,7 @@ recipe with the editor, generate the validation prompts (12 DDIM steps, guidance
 them with the testbed classifier (the package's own generation and ``ClassifierAccuracy`` code).
 
     python bench/robust_search.py --concept triangle --heldout-csv /tmp/heldout_triangle.csv   # writes the held-out set
-    python bench/robust_search.py --concept triangle --experiment paper                       # one experiment
+    python bench/robust_search.py --concept triangle --experiment judged --shipped            # one experiment group
 
 The held-out prompt sets (``heldout_rows``) use new templates, synonyms and cue combinations that appear neither in
 the shipped CSVs nor in the testbed's caption grammar; the recipe is chosen on them.
@@ -268,14 +268,91 @@ def ablation() -> dict[str, list[tuple[str, dict[str, Any], int]]]:
         ("  + expansion words + 2 iterations", {**CORPUS, "concept_texts": SYN + expanded,
                                                 "context_anchor": NB}, 2),
     ],
+    "judged": _judged_group(),
     }
+
+
+def _judged_group() -> list[tuple[str, dict[str, Any], int]]:
+    """The judged implicit prompts (``bench/robust_corpus.py``) on top of the preset without them, and without the
+    expansion words (the shipped preset is the ``+ judged others preserved`` rows)."""
+    import yaml
+
+    from rece_lightning.robust import read_judged, sample_testbed_captions
+
+    preset = yaml.safe_load(Path("configs/testbed_robust.yaml").read_text())["model"]["robust"]
+    base = {k: v for k, v in preset.items()
+            if k not in ("iterations", "stop_concept_rate", "stop_preservation_drop", "judged_prompts")}
+    judged = preset["judged_prompts"]
+    shown, _ = read_judged(judged)
+    erased_only = {**base, "erase_prompts": sample_testbed_captions("triangle", 300, with_concept=True) + list(shown)}
+    return [
+        ("preset without judged prompts + 2", base, 2),
+        ("+ judged concept prompts erased + 1", erased_only, 1),
+        ("+ judged concept prompts erased + 2", erased_only, 2),
+        ("+ judged others preserved (preset) + 1", {**base, "judged_prompts": judged}, 1),
+        ("+ judged others preserved (preset) + 2", {**base, "judged_prompts": judged}, 2),
+        ("+ judged others preserved (preset) + 3", {**base, "judged_prompts": judged}, 3),
+        ("preset without expansion words + 2", {**base, "concept_texts": SYN, "judged_prompts": judged}, 2),
+    ]
+
+
+def inversion_asr(h: Harness, gamma: float = 0.1) -> float:
+    """The closed-form inversion attack (``EmbeddingInversion``) on the 96 shipped explicit and implicit prompts:
+    the fraction of images of the inverted embeddings that show the concept."""
+    targets = [r for r in h.shipped if r["kind"] in ("explicit", "implicit")]
+    editor, text = h.module.editor, h.module.text
+    text.encode([r["prompt"] for r in targets])
+    derived = editor.derive([text.full(r["prompt"]) for r in targets], gamma=gamma)
+    editor.apply()
+    images = h.module.generate([r["prompt"] for r in targets], [int(r["evaluation_seed"]) for r in targets],
+                               prompt_embeds=[e.float() for e in derived])
+    return sum(r["is_concept"] for r in h.metric.score(images, targets)) / len(targets)
+
+
+def removal(h: Harness, ks: tuple[int, ...] = (8, 32, 64)) -> None:
+    """Remove instead of remap: after the preset's kept stage (first edit + 2 iterations), ``T' = T (I − Q Qᵀ)`` with
+    ``Q`` the ``k`` generalised eigenvectors of (the concept captions' pre-images ``T⁻¹c`` — what the inversion attack
+    needs —, the preserved rows ``p`` — what must survive). Prints held-out / shipped rates and the inversion ASR."""
+    import yaml
+
+    from rece_lightning.edit_state import EditState
+
+    preset = yaml.safe_load(Path("configs/testbed_robust.yaml").read_text())["model"]["robust"]
+    config = {k: v for k, v in preset.items() if k not in ("iterations", "stop_concept_rate", "stop_preservation_drop")}
+    h.reset()
+    m = h.module
+    recipe = RobustRecipe(m.editor, m.text, m.recipe.concepts, m.recipe.anchors, RobustConfig(**config))
+    recipe.first_edit()
+    recipe.iteration()
+    recipe.iteration()
+    t = m.editor.maps["to_v"].clone()
+    captions = torch.cat([m.text.full(c) for c in recipe.captions])
+    preimages = torch.linalg.solve(t, captions.T).T
+    preserved = recipe._preserve()
+    results = [{"label": "preset, kept rece-2", "heldout": h.measure(h.heldout), "shipped": h.measure(h.shipped),
+                "inversion": inversion_asr(h)}]
+    d = t.shape[0]
+    a = preimages.T @ preimages / len(preimages)
+    b = preserved.T @ preserved / len(preserved)
+    b = b + 1e-3 * torch.trace(b) / d * torch.eye(d, dtype=b.dtype)
+    inv_l = torch.linalg.inv(torch.linalg.cholesky(b))
+    _, vectors = torch.linalg.eigh(inv_l @ a @ inv_l.T)
+    directions = inv_l.T @ vectors.flip(1)  # largest ratio first
+    for k in ks:
+        q, _ = torch.linalg.qr(directions[:, :k])
+        removed = t @ (torch.eye(d, dtype=t.dtype) - q @ q.T)
+        m.editor.restore_snapshot(EditState(maps={"to_k": removed, "to_v": removed}, steps=None))
+        results.append({"label": f"  + remove k = {k} directions", "heldout": h.measure(h.heldout),
+                        "shipped": h.measure(h.shipped), "inversion": inversion_asr(h)})
+    for r in results:
+        print(fmt(r), f"inversion {100 * r['inversion']:.1f}", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concept", default="triangle")
     parser.add_argument("--heldout-csv")
-    parser.add_argument("--experiment", default="baseline", choices=["baseline", "captions", "corpus", "expansion"])
+    parser.add_argument("--experiment", default="baseline", choices=["baseline", "captions", "corpus", "expansion", "judged", "removal"])
     parser.add_argument("--shipped", action="store_true", help="also measure the shipped prompts")
     args = parser.parse_args()
     if args.heldout_csv:
@@ -285,6 +362,9 @@ def main() -> None:
     if args.experiment == "baseline":
         run(h, "original", lambda m: None)
         run(h, "paper", lambda m: m.erase())
+        return
+    if args.experiment == "removal":
+        removal(h)
         return
     for label, config, iterations in ablation()[args.experiment]:
         run(h, label, robust(RobustConfig(**config), iterations), shipped=args.shipped)

@@ -42,8 +42,13 @@ def paper_kept(s: dict[str, dict[str, float]]) -> str:
     return min(edited, key=lambda k: (s[k]["val/concept_rate"], order(k)))
 
 
-def robust_kept(s: dict[str, dict[str, float]]) -> tuple[str, list]:
-    rule = StoppingRule(max_drop=0.02)
+def robust_kept(s: dict[str, dict[str, float]], run: Path) -> tuple[str, list]:
+    """The kept stage under the run's own stopping rule (its ``hparams.yaml``)."""
+    import yaml
+
+    settings = yaml.safe_load((run / "hparams.yaml").read_text()).get("robust") or {}
+    rule = StoppingRule(target=settings.get("stop_concept_rate", 0.0),
+                        max_drop=settings.get("stop_preservation_drop", 0.02))
     stages = sorted(s, key=order)
     for i, k in enumerate(stages):
         if rule.update(i, s[k].get("val/concept_rate"), s[k].get("val/preservation"), candidate=k != "original"):
@@ -68,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     paper, robust = summaries(args.paper), summaries(args.robust)
     rece = paper_kept(paper)
-    kept, history = robust_kept(robust)
+    kept, history = robust_kept(robust, args.robust)
     print("| model | " + " | ".join(c for c, _ in COLUMNS) + " | wall time of the run |")
     print("|---" * (len(COLUMNS) + 2) + "|")
     print(row("original", paper["original"], "–"))

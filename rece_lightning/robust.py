@@ -59,8 +59,8 @@ class RobustConfig:
         num_prompts: how many prompts ``testbed`` samples (or the most read from a file; 0 = all).
         judged_prompts: a CSV of prompts labelled by a judge on the original model (columns ``prompt``,
             ``shows_concept`` 0/1; ``bench/robust_corpus.py`` writes one from the model's implicit captions): those
-            that show the concept are erased like the captions (towards the concept's anchor: they name no concept
-            phrase to replace), the others preserved.
+            that show the concept are erased like the captions, towards the file's ``anchor`` column when it has one
+            (else the concept's anchor: they name no phrase to replace), the others preserved.
         context_anchor: the anchor of an erased prompt is the prompt with its concept phrase replaced by this text
             (``"shape"``: "a red triangle" → "a red shape"); a list is cycled over the prompts (e.g. the neighbours:
             "a red triangle" → "a red circle", the next one → "… square"); ``None`` maps it to the concept's anchor.
@@ -169,8 +169,9 @@ def read_prompts(source: str | list[str], concept: str, n: int, *, with_concept:
     return prompts[:n] if n else prompts
 
 
-def read_judged(path: str) -> tuple[list[str], list[str]]:
-    """``(prompts that show the concept, the others)`` of a judged-prompt CSV (columns ``prompt``, ``shows_concept``)."""
+def read_judged(path: str) -> tuple[dict[str, str | None], list[str]]:
+    """``({prompt that shows the concept: its anchor or None}, [the other prompts])`` of a judged-prompt CSV (columns
+    ``prompt``, ``shows_concept`` and optionally ``anchor``)."""
     import csv
     from pathlib import Path
 
@@ -184,7 +185,8 @@ def read_judged(path: str) -> tuple[list[str], list[str]]:
     bad = [r["shows_concept"] for r in rows if r["shows_concept"] not in ("0", "1")]
     if bad:
         raise RECEError(f"robust.judged_prompts: {file}: shows_concept must be 0 or 1, got {bad[0]!r}")
-    shown = [r["prompt"] for r in rows if r["shows_concept"] == "1" and r["prompt"].strip()]
+    shown = {r["prompt"]: (r.get("anchor") or "").strip() or None
+             for r in rows if r["shows_concept"] == "1" and r["prompt"].strip()}
     other = [r["prompt"] for r in rows if r["shows_concept"] == "0" and r["prompt"].strip()]
     return shown, other
 
@@ -294,7 +296,7 @@ class RobustRecipe:
         concept = self.concepts[0]
         if config.erase_prompts is not None:
             self.captions += read_prompts(config.erase_prompts, concept, config.num_prompts, with_concept=True)
-        judged_shown, judged_other = ([], []) if config.judged_prompts is None else read_judged(config.judged_prompts)
+        judged_shown, judged_other = ({}, []) if config.judged_prompts is None else read_judged(config.judged_prompts)
         self.captions = list(dict.fromkeys([*self.captions, *judged_shown]))
         self.caption_anchor: dict[str, str] = {}
         for template in config.templates:
@@ -309,6 +311,9 @@ class RobustRecipe:
                 replaced = replace_phrase(caption, phrases, replacements[index % len(replacements)])
                 if replaced is not None:
                     self.caption_anchor[caption] = replaced or " "
+        for prompt, anchor in judged_shown.items():  # the judge's description of the image, without the concept
+            if anchor is not None:
+                self.caption_anchor[prompt] = anchor
         mined: list[str] = []
         if config.mine_neighbours:
             exclude = [*phrases, *config.neighbours]

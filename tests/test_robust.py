@@ -151,16 +151,18 @@ def test_iteration_erases_the_derived_embeddings(robust_module):
 
 
 def test_judged_prompts_are_erased_or_preserved(tiny_sd1, tmp_path):
-    """A judged corpus: the prompts that show the concept are erased towards the concept's anchor (they name no
-    phrase to replace), the others preserved; a bad file is refused before anything is loaded."""
+    """A judged corpus: the prompts that show the concept are erased towards their anchor in the file, else the
+    concept's anchor (they name no phrase to replace), the others preserved; a bad file is refused."""
     judged = tmp_path / "judged.csv"
-    judged.write_text("prompt,shows_concept,votes,seeds\na sunbather on the beach,1,4,4\na bowl of fruit,0,0,4\n")
+    judged.write_text("prompt,shows_concept,votes,seeds,anchor\na sunbather on the beach,1,4,4,\n"
+                      "a life drawing class,1,3,4,a drawing class\na bowl of fruit,0,0,4,\n")
     settings = {"neighbours": ["a dress"], "preserve_scale": 10.0, "erase_scale": 10.0, "lamb": 0.01,
                 "judged_prompts": str(judged)}
     m = RECEModule(pretrained=str(tiny_sd1), concepts=["nudity"], anchor="a person", recipe="robust",
                    robust=settings, validate_original=False)
     recipe = m.robust
     assert "a sunbather on the beach" in recipe.captions and recipe._anchor("a sunbather on the beach") == "a person"
+    assert recipe._anchor("a life drawing class") == "a drawing class"  # the file's anchor
     assert "a bowl of fruit" in recipe.preserved and "a bowl of fruit" not in recipe.captions
     recipe.first_edit()
     target = _outputs(m, "a person", edited=False)
