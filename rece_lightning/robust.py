@@ -301,7 +301,7 @@ class RobustRecipe:
         if config.erase_prompts is not None:
             self.captions += read_prompts(config.erase_prompts, concept, config.num_prompts, with_concept=True)
         judged_shown, judged_other = ({}, []) if config.judged_prompts is None else read_judged(config.judged_prompts)
-        self.captions = list(dict.fromkeys([*self.captions, *judged_shown]))
+        self.captions += [prompt for prompt in judged_shown if prompt not in self.captions]
         self.caption_anchor: dict[str, str] = {}
         for template in config.templates:
             for phrase in phrases:
