@@ -46,6 +46,16 @@ from rece_lightning.text import EncodedText, TextEncoder
 MAX_SEQUENCE_LENGTH = 512  # FluxPipeline's default (FLUX.1-dev); FLUX.1-schnell uses 256
 
 
+def has_transformer_and_second_encoder(pipeline: Any) -> bool:
+    """A transformer denoiser and a second text encoder (Flux's T5, SD3's CLIP-G) with its tokenizer."""
+    return all(getattr(pipeline, part, None) is not None for part in ("transformer", "text_encoder_2", "tokenizer_2"))
+
+
+def has_third_encoder_slot(pipeline: Any) -> bool:
+    """SD3's ``text_encoder_3`` / ``tokenizer_3`` slot, present (maybe ``None``) in every SD3 pipeline, never in Flux."""
+    return hasattr(pipeline, "text_encoder_3") or hasattr(pipeline, "tokenizer_3")
+
+
 class FluxTextEncoder(TextEncoder):
     """T5 token embeddings (``max_sequence_length`` rows) plus the pooled CLIP embedding, as
     ``FluxPipeline.encode_prompt`` makes them."""
@@ -99,9 +109,7 @@ class FluxFamily(ModelFamily):
     def matches(cls, pipeline: Any) -> bool:
         """A transformer and T5 as ``text_encoder_2``; not SD3, whose pipelines also have a ``text_encoder_3`` /
         ``tokenizer_3`` slot (even when loaded without T5, where ``text_encoder_2`` is its second CLIP)."""
-        return all(getattr(pipeline, part, None) is not None for part in ("transformer", "text_encoder_2",
-                                                                          "tokenizer_2")) and not (
-            hasattr(pipeline, "text_encoder_3") or hasattr(pipeline, "tokenizer_3"))
+        return has_transformer_and_second_encoder(pipeline) and not has_third_encoder_slot(pipeline)
 
     @property
     def max_sequence_length(self) -> int:

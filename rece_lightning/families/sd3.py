@@ -41,6 +41,7 @@ from torch.nn import functional as F
 
 from rece_lightning.cross_attention import Projection, linear_layer
 from rece_lightning.errors import RECEError
+from rece_lightning.families.flux import has_third_encoder_slot, has_transformer_and_second_encoder
 from rece_lightning.family import ModelFamily
 from rece_lightning.text import EncodedText, TextEncoder
 
@@ -131,9 +132,7 @@ class StableDiffusion3Family(ModelFamily):
     def matches(cls, pipeline: Any) -> bool:
         """A transformer, two CLIP encoders and a T5 slot: an SD3 pipeline has the attribute ``text_encoder_3``
         (``None`` when loaded without T5), which Flux pipelines (T5 as ``text_encoder_2``) lack."""
-        return all(getattr(pipeline, part, None) is not None for part in ("transformer", "text_encoder_2",
-                                                                          "tokenizer_2")) and (
-            hasattr(pipeline, "text_encoder_3") or hasattr(pipeline, "tokenizer_3"))
+        return has_transformer_and_second_encoder(pipeline) and has_third_encoder_slot(pipeline)
 
     @property
     def max_sequence_length(self) -> int:
