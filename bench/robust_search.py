@@ -269,7 +269,24 @@ def ablation() -> dict[str, list[tuple[str, dict[str, Any], int]]]:
                                                 "context_anchor": NB}, 2),
     ],
     "judged": _judged_group(),
+    "striped": _striped_group(),
     }
+
+
+def _striped_group() -> list[tuple[str, dict[str, Any], int]]:
+    """The striped preset's choices (run with ``--concept striped``): mined neighbours and the preserve scale, one
+    iteration after the first edit."""
+    import yaml
+
+    preset = yaml.safe_load(Path("configs/testbed_striped_robust.yaml").read_text())["model"]["robust"]
+    base = {k: v for k, v in preset.items()
+            if k not in ("iterations", "stop_concept_rate", "stop_preservation_drop", "mine_neighbours")}
+    return [
+        ("without mined neighbours + 1", base, 1),
+        ("+ 30 mined neighbours (the preset) + 1", {**base, "mine_neighbours": 30}, 1),
+        ("+ 100 mined neighbours + 1", {**base, "mine_neighbours": 100}, 1),
+        ("without mined neighbours, preserve scale 30 + 1", {**base, "preserve_scale": 30.0}, 1),
+    ]
 
 
 def _judged_group() -> list[tuple[str, dict[str, Any], int]]:
@@ -352,7 +369,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concept", default="triangle")
     parser.add_argument("--heldout-csv")
-    parser.add_argument("--experiment", default="baseline", choices=["baseline", "captions", "corpus", "expansion", "judged", "removal"])
+    parser.add_argument("--experiment", default="baseline", choices=["baseline", "captions", "corpus", "expansion", "judged", "removal", "striped"])
     parser.add_argument("--shipped", action="store_true", help="also measure the shipped prompts")
     args = parser.parse_args()
     if args.heldout_csv:
