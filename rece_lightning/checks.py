@@ -17,7 +17,7 @@ import torch
 
 from rece_lightning.errors import RECEError
 
-__all__ = ["check_checkpoint", "check_readable_file", "check_writable_dir", "latest_checkpoint", "one_line", "shown_path",
+__all__ = ["check_checkpoint", "check_writable_dir", "latest_checkpoint", "one_line", "shown_path",
            "run_folder_of"]
 
 
@@ -115,24 +115,6 @@ def _load_error(err: BaseException) -> str:
         return "the file is corrupted (its pickled data does not decode)"
     first = text.splitlines()[0] if text else ""
     return f"the file is corrupted (its data does not decode: {type(err).__name__}: {first[:100]})"
-
-
-def check_readable_file(path: str | Path, what: str, hint: str) -> None:
-    """``path`` is an existing, readable file.
-
-    Raises:
-        RECEError: it is missing, a folder or unreadable.
-    """
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise RECEError(f"{what} {p} does not exist; {hint}")
-    if p.is_dir():
-        raise RECEError(f"{what} {p} is a folder; {hint}")
-    try:
-        with open(p, "rb") as handle:
-            handle.read(1)
-    except OSError as err:
-        raise RECEError(f"{what} {p} cannot be read ({err.strerror or err}); check its permissions") from err
 
 
 def run_folder_of(ckpt: Path) -> Path | None:

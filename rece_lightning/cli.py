@@ -46,7 +46,6 @@ from rece_lightning.callbacks.report import StageReport  # noqa: E402
 from rece_lightning.checkpoint import verify_hash  # noqa: E402
 from rece_lightning.checks import (  # noqa: E402
     check_checkpoint,
-    check_readable_file,
     check_writable_dir,
     latest_checkpoint,
     one_line,
@@ -63,8 +62,9 @@ from rece_lightning.cli_text import (  # noqa: E402
     resume_command,
     usage_message,
 )
-from rece_lightning.data import RECEDataModule, check_prompts, read_csv  # noqa: E402
+from rece_lightning.data import RECEDataModule, check_prompts  # noqa: E402
 from rece_lightning.errors import RECEError  # noqa: E402
+from rece_lightning.files import read_csv  # noqa: E402
 from rece_lightning.module import RECEModule  # noqa: E402
 from rece_lightning.strategy import THREADS_ENV, configure_threads  # noqa: E402
 from rece_lightning.strategy import register as register_strategy  # noqa: E402
@@ -155,10 +155,7 @@ class RECECLI(LightningCLI):
         image_dir = cfg.get("model.generation.image_dir")
         if image_dir:
             check_writable_dir(image_dir, "model.generation.image_dir")
-        weights = cfg.get("model.uce.weights")
-        if weights:
-            check_readable_file(weights, "model.uce.weights",
-                                "give UCE's K/V weights (.safetensors, or a .pt UNet state dict)")
+        # model.uce.weights is checked by UCEConfig itself (config.py), before any model is loaded
         preserve_csv = cfg.get("model.preserve_csv")
         if preserve_csv:
             column = cfg.get("model.preserve_csv_column") or "artist"

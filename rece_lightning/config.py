@@ -8,15 +8,14 @@ official RECE/UCE settings (github.com/CharlesGong12/RECE ``train.py``, ``train_
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 from rece_lightning.checks import check_writable_dir
 from rece_lightning.closed_form import Derivation, SurrogateItem
 from rece_lightning.errors import RECEError
+from rece_lightning.files import check_readable_file
 
 __all__ = [
     "GenerationConfig",
@@ -69,13 +68,6 @@ def check_concepts(concepts: Any, anchor: str | Sequence[str]) -> tuple[list[str
         raise RECEError(f"{len(concepts)} concepts but {len(anchors)} anchors; give one anchor or one per concept")
     return list(concepts), anchors
 
-def _check_readable_file(name: str, path: str) -> None:
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise RECEError(f"{name}: {p} does not exist or is not a file")
-    if not os.access(p, os.R_OK):
-        raise RECEError(f"{name}: {p} is not readable; check its permissions")
-
 @dataclass
 class UCEConfig:
     """The first edit (UCE, Gandikota et al. 2024, eq. 7) — official ``train_uce.py`` settings by default.
@@ -107,7 +99,8 @@ class UCEConfig:
             check_number("uce.preserve_scale", self.preserve_scale)
         check_texts("uce.preserve", self.preserve)
         if self.weights is not None:
-            _check_readable_file("uce.weights", self.weights)
+            check_readable_file(self.weights, "model.uce.weights",
+                                "give UCE's K/V weights (.safetensors, or a .pt UNet state dict)")
 
     def scale_of_preserve(self, n_preserved: int) -> float:
         """The preserve scale used for ``n_preserved`` texts (official ``max(0.1, 1/n)``, rounded to 3 digits)."""

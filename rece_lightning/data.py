@@ -8,8 +8,6 @@ from its own seed, so results do not depend on batching or on how many processes
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from rece_lightning.errors import RECEError
+from rece_lightning.files import read_csv
 
 GUIDANCE_COLUMNS = ("evaluation_guidance", "sd_guidance_scale")
 
@@ -30,40 +29,6 @@ def resolve_prompts(path: str | Path) -> Path:
 
         return Path(PROMPTS_DIR) / f"{text.removeprefix('testbed:')}.csv"
     return Path(path)
-
-
-def _decode_error(path: Path, err: UnicodeDecodeError, raw: bytes) -> RECEError:
-    line = raw.count(b"\n", 0, err.start) + 1
-    return RECEError(
-        f"{path} is not UTF-8 text (byte 0x{raw[err.start]:02x} on line {line}); save it as UTF-8, "
-        f"e.g. iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8.csv"
-    )
-
-
-def read_csv(path: str | Path, what: str = "CSV file") -> tuple[list[str], list[dict[str, str]]]:
-    """The columns and rows of a UTF-8 CSV (a byte-order mark is accepted), or one :class:`RECEError` naming the
-    problem: the file is missing, a folder, unreadable, not UTF-8 or not parseable as CSV."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise RECEError(f"{what} {path} does not exist; give the path of a CSV file")
-    if path.is_dir():
-        raise RECEError(f"{what} {path} is a folder; give the path of a CSV file")
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise RECEError(f"{what} {path} cannot be read ({err.strerror or err}); check its permissions") from err
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise _decode_error(path, err, raw) from err
-    try:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        columns = [c.strip() for c in reader.fieldnames or []]
-        reader.fieldnames = columns
-        rows = list(reader)
-    except csv.Error as err:
-        raise RECEError(f"{path} is not a valid CSV file ({err}); save it as comma-separated text") from err
-    return columns, rows
 
 
 def read_prompts(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:

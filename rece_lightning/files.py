@@ -1,4 +1,4 @@
-"""File helpers with no dependency on the rest of the package: atomic writes and content hashes.
+"""File helpers with no dependency on the rest of the package: atomic writes, content hashes, checked reads.
 
 Every artefact the package writes goes through :func:`atomic_path` or :func:`atomic_dir`: it is written under a
 temporary sibling name and renamed into place, so an interrupted or failed write never leaves half a file.
@@ -7,14 +7,18 @@ temporary sibling name and renamed into place, so an interrupted or failed write
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
+import io
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_dir", "atomic_path", "file_sha256"]
+from rece_lightning.errors import RECEError
+
+__all__ = ["atomic_dir", "atomic_path", "check_readable_file", "file_sha256", "read_csv"]
 
 
 def _default_mode(directory: bool) -> int:
@@ -69,3 +73,49 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_readable_file(path: str | Path, what: str, hint: str) -> None:
+    """``path`` is an existing, readable file.
+
+    Raises:
+        RECEError: it is missing, a folder or unreadable.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise RECEError(f"{what} {p} does not exist; {hint}")
+    if p.is_dir():
+        raise RECEError(f"{what} {p} is a folder; {hint}")
+    try:
+        with open(p, "rb") as handle:
+            handle.read(1)
+    except OSError as err:
+        raise RECEError(f"{what} {p} cannot be read ({err.strerror or err}); check its permissions") from err
+
+
+def _decode_error(path: Path, err: UnicodeDecodeError, raw: bytes) -> RECEError:
+    line = raw.count(b"\n", 0, err.start) + 1
+    return RECEError(
+        f"{path} is not UTF-8 text (byte 0x{raw[err.start]:02x} on line {line}); save it as UTF-8, "
+        f"e.g. iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8.csv"
+    )
+
+
+def read_csv(path: str | Path, what: str = "CSV file") -> tuple[list[str], list[dict[str, str]]]:
+    """The columns and rows of a UTF-8 CSV (a byte-order mark is accepted), or one :class:`RECEError` naming the
+    problem: the file is missing, a folder, unreadable, not UTF-8 or not parseable as CSV."""
+    path = Path(path).expanduser()
+    check_readable_file(path, what, "give the path of a CSV file")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise _decode_error(path, err, raw) from err
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        columns = [c.strip() for c in reader.fieldnames or []]
+        reader.fieldnames = columns
+        rows = list(reader)
+    except csv.Error as err:
+        raise RECEError(f"{path} is not a valid CSV file ({err}); save it as comma-separated text") from err
+    return columns, rows

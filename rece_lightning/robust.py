@@ -39,6 +39,7 @@ from torch import Tensor
 
 from rece_lightning.editor import KVEditor
 from rece_lightning.errors import RECEError
+from rece_lightning.files import check_readable_file, read_csv
 from rece_lightning.text import TextEncoder
 
 
@@ -118,11 +119,7 @@ class RobustConfig:
         if not self.gammas or any(g < 0 for g in self.gammas):
             raise RECEError(f"robust.gammas must be a non-empty list of values ≥ 0, got {self.gammas}")
         if self.judged_prompts is not None:
-            from pathlib import Path
-
-            if not Path(self.judged_prompts).is_file():
-                raise RECEError(f"robust.judged_prompts: {self.judged_prompts} does not exist "
-                                "(write one with bench/robust_corpus.py)")
+            check_readable_file(self.judged_prompts, "robust.judged_prompts", "write one with bench/robust_corpus.py")
         for t in self.templates:
             if t.count("{}") != 1:
                 raise RECEError(f"robust template {t!r} must have exactly one '{{}}' slot")
@@ -162,33 +159,20 @@ def read_prompts(source: str | list[str], concept: str, n: int, *, with_concept:
         return list(source)
     if source == "testbed":
         return sample_testbed_captions(concept, n, with_concept=with_concept, seed=seed)
-    import csv
-    from pathlib import Path
-
-    path = Path(source)
-    if not path.is_file():
-        raise RECEError(f"robust prompt file {path} does not exist")
-    with path.open(newline="", encoding="utf-8") as handle:
-        prompts = [row["prompt"] for row in csv.DictReader(handle) if row.get("prompt")]
+    _, rows = read_csv(source, "robust prompt file")
+    prompts = [row["prompt"] for row in rows if row.get("prompt")]
     return prompts[:n] if n else prompts
 
 
 def read_judged(path: str) -> tuple[dict[str, str | None], list[str]]:
     """``({prompt that shows the concept: its anchor or None}, [the other prompts])`` of a judged-prompt CSV (columns
     ``prompt``, ``shows_concept`` and optionally ``anchor``)."""
-    import csv
-    from pathlib import Path
-
-    file = Path(path)
-    if not file.is_file():
-        raise RECEError(f"robust.judged_prompts: {file} does not exist (write one with bench/robust_corpus.py)")
-    with file.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or not {"prompt", "shows_concept"} <= set(rows[0]):
-        raise RECEError(f"robust.judged_prompts: {file} needs the columns 'prompt' and 'shows_concept' (0 or 1)")
+    columns, rows = read_csv(path, "robust.judged_prompts")
+    if not {"prompt", "shows_concept"} <= set(columns):
+        raise RECEError(f"robust.judged_prompts: {path} needs the columns 'prompt' and 'shows_concept' (0 or 1)")
     bad = [r["shows_concept"] for r in rows if r["shows_concept"] not in ("0", "1")]
     if bad:
-        raise RECEError(f"robust.judged_prompts: {file}: shows_concept must be 0 or 1, got {bad[0]!r}")
+        raise RECEError(f"robust.judged_prompts: {path}: shows_concept must be 0 or 1, got {bad[0]!r}")
     shown = {r["prompt"]: (r.get("anchor") or "").strip() or None
              for r in rows if r["shows_concept"] == "1" and r["prompt"].strip()}
     other = [r["prompt"] for r in rows if r["shows_concept"] == "0" and r["prompt"].strip()]
