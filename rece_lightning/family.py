@@ -36,11 +36,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from rece_lightning.cross_attention import Projection, find_projections
+from rece_lightning.cross_attention import Projection, find_projections, linear_layer
 from rece_lightning.errors import RECEError
 from rece_lightning.text import TextEncoder
 
-__all__ = ["ModelFamily", "StableDiffusionFamily", "TextLayers", "UNetFamily"]
+__all__ = ["ContextEmbedderFamily", "ModelFamily", "StableDiffusionFamily", "TextLayers", "UNetFamily"]
 
 
 class TextLayers(nn.Module):
@@ -184,6 +184,44 @@ class ModelFamily(ABC):
         ``height`` / ``width``: the generated image size (``None``: the pipeline's default); ``guidance``: ``(B,)``
         guidance scales, read by guidance-distilled denoisers (FLUX.1-dev) only."""
         raise RECEError(f"the {self.name} family has no denoising loss; UnlearnDiffAtk cannot attack it")
+
+
+class ContextEmbedderFamily(ModelFamily):
+    """Families whose transformer reads the token embeddings only through one linear layer, ``context_embedder``
+    (Flux, SD3; its bias is kept, see :mod:`rece_lightning.families.flux`), with the T5 rows padded to
+    ``max_sequence_length`` — an option that is also passed to the pipeline when it generates.
+
+    Attributes:
+        default_max_sequence_length: the pipeline's default ``max_sequence_length``.
+    """
+
+    denoiser_name = "transformer"
+    default_max_sequence_length: ClassVar[int]
+
+    @staticmethod
+    def has_transformer_and_second_encoder(pipeline: Any) -> bool:
+        """A transformer denoiser and a second text encoder (Flux's T5, SD3's CLIP-G) with its tokenizer."""
+        return all(getattr(pipeline, part, None) is not None
+                   for part in ("transformer", "text_encoder_2", "tokenizer_2"))
+
+    @staticmethod
+    def has_third_encoder_slot(pipeline: Any) -> bool:
+        """SD3's ``text_encoder_3`` / ``tokenizer_3`` slot, present (maybe ``None``) in every SD3 pipeline, never in
+        Flux."""
+        return hasattr(pipeline, "text_encoder_3") or hasattr(pipeline, "tokenizer_3")
+
+    @property
+    def max_sequence_length(self) -> int:
+        """T5 tokens per text (the ``max_sequence_length`` option, else the pipeline's default)."""
+        return int(self.options.get("max_sequence_length", self.default_max_sequence_length))
+
+    @classmethod
+    def find_layers(cls, denoiser: nn.Module) -> list[Projection]:
+        """``context_embedder`` (a Linear with bias; only its weight is edited)."""
+        return [linear_layer(denoiser, "context_embedder", "to_v", cls.denoiser_name)]
+
+    def generation_kwargs(self) -> dict[str, Any]:
+        return {"max_sequence_length": self.max_sequence_length}
 
 
 def ddpm_noised(scheduler: Any, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:

@@ -38,22 +38,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rece_lightning.cross_attention import Projection, linear_layer
 from rece_lightning.errors import RECEError
-from rece_lightning.family import ModelFamily
+from rece_lightning.family import ContextEmbedderFamily
 from rece_lightning.text import EncodedText, TextEncoder
 
 MAX_SEQUENCE_LENGTH = 512  # FluxPipeline's default (FLUX.1-dev); FLUX.1-schnell uses 256
-
-
-def has_transformer_and_second_encoder(pipeline: Any) -> bool:
-    """A transformer denoiser and a second text encoder (Flux's T5, SD3's CLIP-G) with its tokenizer."""
-    return all(getattr(pipeline, part, None) is not None for part in ("transformer", "text_encoder_2", "tokenizer_2"))
-
-
-def has_third_encoder_slot(pipeline: Any) -> bool:
-    """SD3's ``text_encoder_3`` / ``tokenizer_3`` slot, present (maybe ``None``) in every SD3 pipeline, never in Flux."""
-    return hasattr(pipeline, "text_encoder_3") or hasattr(pipeline, "tokenizer_3")
 
 
 class FluxTextEncoder(TextEncoder):
@@ -94,7 +83,7 @@ class FluxTextEncoder(TextEncoder):
         return hidden, pooled.to(hidden.device, self.clip_encoder.dtype)
 
 
-class FluxFamily(ModelFamily):
+class FluxFamily(ContextEmbedderFamily):
     """Flux (FLUX.1-dev / -schnell): ``context_embedder`` of the transformer reads T5 embeddings.
 
     Options: ``max_sequence_length`` — T5 tokens per text (default 512 as ``FluxPipeline``; 256 for schnell); the
@@ -103,18 +92,13 @@ class FluxFamily(ModelFamily):
 
     name = "flux"
     pipeline_classes = ("FluxPipeline",)
-    denoiser_name = "transformer"
+    default_max_sequence_length = MAX_SEQUENCE_LENGTH
 
     @classmethod
     def matches(cls, pipeline: Any) -> bool:
         """A transformer and T5 as ``text_encoder_2``; not SD3, whose pipelines also have a ``text_encoder_3`` /
         ``tokenizer_3`` slot (even when loaded without T5, where ``text_encoder_2`` is its second CLIP)."""
-        return has_transformer_and_second_encoder(pipeline) and not has_third_encoder_slot(pipeline)
-
-    @property
-    def max_sequence_length(self) -> int:
-        """T5 tokens per text (FluxPipeline's ``max_sequence_length``: 512 for FLUX.1-dev, 256 for FLUX.1-schnell)."""
-        return int(self.options.get("max_sequence_length", MAX_SEQUENCE_LENGTH))
+        return cls.has_transformer_and_second_encoder(pipeline) and not cls.has_third_encoder_slot(pipeline)
 
     def make_text_encoder(self) -> TextEncoder:
         """T5 (and the pooled CLIP encoder), after checking that ``context_embedder`` reads T5's width."""
@@ -126,14 +110,6 @@ class FluxFamily(ModelFamily):
                             f"{hidden}-d embeddings; this is not a Flux pipeline")
         return FluxTextEncoder(getattr(pipe, "tokenizer", None), getattr(pipe, "text_encoder", None),
                                pipe.tokenizer_2, pipe.text_encoder_2, self.max_sequence_length)
-
-    @classmethod
-    def find_layers(cls, denoiser: nn.Module) -> list[Projection]:
-        """``context_embedder`` (a Linear with bias; only its weight is edited, see the module docstring)."""
-        return [linear_layer(denoiser, "context_embedder", "to_v", cls.denoiser_name)]
-
-    def generation_kwargs(self) -> dict[str, Any]:
-        return {"max_sequence_length": self.max_sequence_length}
 
     def prefix_conditioning(self, prompts: Sequence[str], prefix: Tensor) -> dict[str, Any]:
         hidden, pooled = self.text.encode_with_prefix(prompts, prefix)

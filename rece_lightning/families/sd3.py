@@ -39,10 +39,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from rece_lightning.cross_attention import Projection, linear_layer
 from rece_lightning.errors import RECEError
-from rece_lightning.families.flux import has_third_encoder_slot, has_transformer_and_second_encoder
-from rece_lightning.family import ModelFamily
+from rece_lightning.family import ContextEmbedderFamily
 from rece_lightning.text import EncodedText, TextEncoder
 
 MAX_SEQUENCE_LENGTH = 256  # StableDiffusion3Pipeline's default
@@ -116,7 +114,7 @@ class SD3TextEncoder(TextEncoder):
         raise RECEError(NO_TOKEN_ATTACKS)
 
 
-class StableDiffusion3Family(ModelFamily):
+class StableDiffusion3Family(ContextEmbedderFamily):
     """Stable Diffusion 3 / 3.5 (``StableDiffusion3Pipeline``): ``context_embedder`` of the transformer reads the
     joint CLIP-L ⊕ CLIP-G (zero-padded) + T5 sequence (4096-d).
 
@@ -126,18 +124,13 @@ class StableDiffusion3Family(ModelFamily):
 
     name = "sd3"
     pipeline_classes = ("StableDiffusion3Pipeline",)
-    denoiser_name = "transformer"
+    default_max_sequence_length = MAX_SEQUENCE_LENGTH
 
     @classmethod
     def matches(cls, pipeline: Any) -> bool:
         """A transformer, two CLIP encoders and a T5 slot: an SD3 pipeline has the attribute ``text_encoder_3``
         (``None`` when loaded without T5), which Flux pipelines (T5 as ``text_encoder_2``) lack."""
-        return has_transformer_and_second_encoder(pipeline) and has_third_encoder_slot(pipeline)
-
-    @property
-    def max_sequence_length(self) -> int:
-        """T5 tokens per text (``StableDiffusion3Pipeline``'s ``max_sequence_length``, 256 by default)."""
-        return int(self.options.get("max_sequence_length", MAX_SEQUENCE_LENGTH))
+        return cls.has_transformer_and_second_encoder(pipeline) and cls.has_third_encoder_slot(pipeline)
 
     def make_text_encoder(self) -> TextEncoder:
         """Both CLIP encoders and T5, after checking that ``context_embedder`` reads T5's width."""
@@ -154,14 +147,6 @@ class StableDiffusion3Family(ModelFamily):
             raise RECEError(f"max_sequence_length is at most 512 for SD3, got {self.max_sequence_length}")
         return SD3TextEncoder([pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2],
                               getattr(pipe, "tokenizer_3", None), t5, self.max_sequence_length, width)
-
-    @classmethod
-    def find_layers(cls, denoiser: nn.Module) -> list[Projection]:
-        """``context_embedder`` (a Linear with bias; only its weight is edited, as for Flux)."""
-        return [linear_layer(denoiser, "context_embedder", "to_v", cls.denoiser_name)]
-
-    def generation_kwargs(self) -> dict[str, Any]:
-        return {"max_sequence_length": self.max_sequence_length}
 
     def prefix_conditioning(self, prompts: Sequence[str], prefix: Tensor) -> dict[str, Any]:
         raise RECEError(NO_TOKEN_ATTACKS)
