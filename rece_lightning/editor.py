@@ -144,9 +144,8 @@ class KVEditor:
         """
         out: dict[str, Tensor] = {}
         maps: dict[tuple[Kind, torch.dtype], Tensor] = {}
-        factors = self._map_factors() if self.layer_weights is None else None
-        if factors is not None and factors[0].shape[1] * LOW_RANK_FOLD > self.dim:
-            factors = None  # T − I is not thin enough: the dense W T is cheaper
+        # W + (W U) Vᵀ only when T − I is thin enough; otherwise the dense W T is cheaper
+        factors = self._map_factors() if self._step_columns() * LOW_RANK_FOLD <= self.dim else None
         thin: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
         for p in self.projections:
             weight = p.module.weight
@@ -189,10 +188,17 @@ class KVEditor:
         """``(U, V)`` with ``T − I = U Vᵀ`` for every edited kind (they share the steps), from the edit's low-rank
         steps; ``None`` when the history is unknown (a state read from an older checkpoint), for the general path, or
         when the steps have ``d`` or more columns in all."""
-        steps = self.state.steps
-        if not steps or self.layer_weights is not None or sum(x.shape[1] for x, _ in steps) >= self.dim:
+        columns = self._step_columns()
+        if not columns or columns >= self.dim:
             return None  # (with d or more columns the factors are no cheaper than the d × d map itself)
-        return closed_form.steps_product_factors(steps)
+        return closed_form.steps_product_factors(self.state.steps)
+
+    def _step_columns(self) -> int:
+        """Columns of ``T − I = U Vᵀ`` from the known steps (0 when unknown, none, or for the general path)."""
+        steps = self.state.steps
+        if not steps or self.layer_weights is not None:
+            return 0
+        return sum(x.shape[1] for x, _ in steps)
 
     def current_weights(self, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
         """The edited weights ``W_base T`` (or the per-layer weights), in ``dtype`` (default: the model's)."""
