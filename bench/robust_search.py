@@ -345,7 +345,7 @@ def removal(h: Harness, ks: tuple[int, ...] = (8, 32, 64)) -> None:
     t = m.editor.maps["to_v"].clone()
     captions = torch.cat([m.text.full(c) for c in recipe.captions])
     preimages = torch.linalg.solve(t, captions.T).T
-    preserved = recipe._preserve()
+    preserved = recipe.preserved_rows()
     results = [{"label": "preset, kept rece-2", "heldout": h.measure(h.heldout), "shipped": h.measure(h.shipped),
                 "inversion": inversion_asr(h)}]
     d = t.shape[0]

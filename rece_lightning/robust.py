@@ -324,15 +324,17 @@ class RobustRecipe:
                 return anchor
         return self.anchors[0]
 
-    def _anchor(self, text: str) -> str:
+    def anchor_of(self, text: str) -> str:
+        """What ``text`` is erased towards: its caption anchor, else the anchor of the concept it names."""
         return self.caption_anchor.get(text, self._concept_anchor(text))
 
-    def _preserve(self) -> Tensor:
+    def preserved_rows(self) -> Tensor:
+        """All token rows of the preserved texts, stacked (the preserve term of every robust edit)."""
         return torch.cat([self.text.full(t) for t in self.preserved])
 
     def _erase(self, blocks: list[tuple[Tensor, Tensor]]) -> None:
         cfg = self.config
-        self.editor.erase(blocks, self._preserve(), lamb=cfg.lamb, erase_scale=cfg.erase_scale,
+        self.editor.erase(blocks, self.preserved_rows(), lamb=cfg.lamb, erase_scale=cfg.erase_scale,
                           preserve_scale=cfg.preserve_scale)
 
     def first_edit(self) -> None:
@@ -342,9 +344,9 @@ class RobustRecipe:
 
     def _caption_blocks(self) -> list[tuple[Tensor, Tensor]]:
         if self.config.aligned:
-            return [self.text.aligned(c, " " if self._anchor(c) == "" else self._anchor(c)) for c in self.captions]
+            return [self.text.aligned(c, " " if self.anchor_of(c) == "" else self.anchor_of(c)) for c in self.captions]
         else:
-            blocks = [(self.text.full(c), self.text.full(self._anchor(c))) for c in self.captions]
+            blocks = [(self.text.full(c), self.text.full(self.anchor_of(c))) for c in self.captions]
         return blocks
 
     def derive(self) -> list[tuple[Tensor, Tensor]]:
@@ -354,7 +356,7 @@ class RobustRecipe:
         blocks = []
         for gamma in self.config.gammas:
             derived = self.editor.derive([self.text.full(s) for s in sources], gamma=gamma)
-            blocks += [(emb, self.text.full(self._anchor(s))) for emb, s in zip(derived, sources, strict=True)]
+            blocks += [(emb, self.text.full(self.anchor_of(s))) for emb, s in zip(derived, sources, strict=True)]
         return blocks
 
     def expand_concepts(self) -> list[str]:

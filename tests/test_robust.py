@@ -161,8 +161,8 @@ def test_judged_prompts_are_erased_or_preserved(tiny_sd1, tmp_path):
     m = RECEModule(pretrained=str(tiny_sd1), concepts=["nudity"], anchor="a person", recipe="robust",
                    robust=settings, validate_original=False)
     recipe = m.robust
-    assert "a sunbather on the beach" in recipe.captions and recipe._anchor("a sunbather on the beach") == "a person"
-    assert recipe._anchor("a life drawing class") == "a drawing class"  # the file's anchor
+    assert "a sunbather on the beach" in recipe.captions and recipe.anchor_of("a sunbather on the beach") == "a person"
+    assert recipe.anchor_of("a life drawing class") == "a drawing class"  # the file's anchor
     assert "a bowl of fruit" in recipe.preserved and "a bowl of fruit" not in recipe.captions
     recipe.first_edit()
     target = _outputs(m, "a person", edited=False)
