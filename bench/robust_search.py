@@ -290,7 +290,7 @@ def _striped_group() -> list[tuple[str, dict[str, Any], int]]:
 
 
 def _judged_group() -> list[tuple[str, dict[str, Any], int]]:
-    """The judged implicit prompts (``bench/robust_corpus.py``) on top of the preset without them, and without the
+    """The judged implicit prompts (:mod:`rece_lightning.judged_prompts`) on top of the preset without them, and without the
     expansion words (the shipped preset is the ``+ judged others preserved`` rows)."""
     import yaml
 

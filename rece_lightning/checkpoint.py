@@ -15,7 +15,8 @@ from torch import Tensor
 from rece_lightning.cross_attention import check_kv_weights
 from rece_lightning.edit_state import EditState
 from rece_lightning.errors import RECEError
-from rece_lightning.integrity import base_fingerprint, check_base, check_sha256, tensor_sha256
+from rece_lightning.files import tensor_sha256
+from rece_lightning.integrity import base_fingerprint, check_base, check_sha256
 from rece_lightning.recipe import Recipe
 
 __all__ = ["Best", "load_edit", "save_edit", "verify_hash"]

@@ -26,8 +26,8 @@ from torch import Tensor, nn
 from rece_lightning.cross_attention import check_kv_weights, write_weights
 from rece_lightning.editor import KVEditor
 from rece_lightning.errors import RECEError
-from rece_lightning.files import atomic_dir, atomic_path
-from rece_lightning.integrity import base_fingerprint, check_base, check_sha256, tensor_sha256
+from rece_lightning.files import atomic_dir, atomic_path, tensor_sha256
+from rece_lightning.integrity import base_fingerprint, check_base, check_sha256
 
 KV_WEIGHTS = "kv_weights.safetensors"
 EDIT_MAP = "edit_map.safetensors"

@@ -1,5 +1,8 @@
 """File helpers with no dependency on the rest of the package: atomic writes, content hashes, checked reads.
 
+The package's one content hasher of tensors is :func:`tensor_sha256` (checkpoints, exports, the image store's
+folder key); :func:`file_sha256` hashes a file's bytes.
+
 Every artefact the package writes goes through :func:`atomic_path` or :func:`atomic_dir`: it is written under a
 temporary sibling name and renamed into place, so an interrupted or failed write never leaves half a file.
 """
@@ -13,12 +16,15 @@ import io
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+import torch
+from torch import Tensor
 
 from rece_lightning.errors import RECEError
 
-__all__ = ["atomic_dir", "atomic_path", "check_readable_file", "file_sha256", "read_csv"]
+__all__ = ["atomic_dir", "atomic_path", "check_readable_file", "file_sha256", "read_csv", "tensor_sha256"]
 
 
 def _default_mode(directory: bool) -> int:
@@ -72,6 +78,17 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     with Path(path).open("rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def tensor_sha256(tensors: Mapping[str, Tensor], header: str = "") -> str:
+    """SHA-256 over ``header`` then the sorted names, dtypes, shapes and bytes of ``tensors`` (exact: any changed
+    value, dtype, shape or name changes it). ``header`` binds other inputs (e.g. settings as JSON) to the hash."""
+    digest = hashlib.sha256(header.encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 

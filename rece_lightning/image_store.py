@@ -7,26 +7,21 @@ only ever reused for exactly the same model state, and a changed edit never pick
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image
 from torch import Tensor
 
-from rece_lightning.files import atomic_path
+from rece_lightning.files import atomic_path, tensor_sha256
 
 
 def fingerprint(weights: Mapping[str, Tensor], settings: Mapping[str, Any]) -> str:
-    """SHA-256 (first 12 hex digits) of the K/V weights' bytes and the JSON of ``settings``."""
-    h = hashlib.sha256(json.dumps(dict(settings), sort_keys=True, default=str).encode())
-    for key in sorted(weights):
-        h.update(key.encode())
-        h.update(weights[key].detach().cpu().contiguous().view(-1).view(dtype=torch.uint8).numpy())
-    return h.hexdigest()[:12]
+    """The first 12 hex digits of :func:`~rece_lightning.files.tensor_sha256` of the K/V weights, bound to the JSON
+    of ``settings``."""
+    return tensor_sha256(weights, json.dumps(dict(settings), sort_keys=True, default=str))[:12]
 
 
 class ImageStore:

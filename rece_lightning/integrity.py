@@ -1,7 +1,8 @@
 """Integrity of saved edits: a hash of the edited tensors, and a fingerprint of the base model's original weights.
 
-* :func:`tensor_sha256` hashes named tensors exactly (names, dtypes, shapes and bytes): a file whose tensors were
-  corrupted or altered after they were written no longer matches the hash written beside them.
+* :func:`check_sha256` compares named tensors with the exact hash written beside them
+  (:func:`rece_lightning.files.tensor_sha256`: names, dtypes, shapes and bytes): a file whose tensors were corrupted
+  or altered after they were written no longer matches it.
 * :func:`base_fingerprint` summarises the original text-reading weights of the base model by their norms and a few
   fixed random bilinear probes ``rᵀ W s`` per layer. It is compared with a tolerance (:func:`check_base`), so the same
   base model loaded in another dtype (float32, float16, bfloat16) matches, while an edit made on another base model
@@ -10,28 +11,18 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
 from rece_lightning.errors import RECEError
+from rece_lightning.files import tensor_sha256
 
-__all__ = ["PROBES", "TOLERANCE", "base_fingerprint", "check_base", "check_sha256", "tensor_sha256"]
+__all__ = ["PROBES", "TOLERANCE", "base_fingerprint", "check_base", "check_sha256"]
 
 PROBES = 4  # random bilinear probes per layer
 TOLERANCE = 2e-2  # relative to the layer's Frobenius norm; bfloat16 rounding moves a probe by ~4e-3 of it
-
-
-def tensor_sha256(tensors: Mapping[str, Tensor]) -> str:
-    """SHA-256 over the sorted names, dtypes, shapes and bytes of ``tensors``."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
 
 
 def check_sha256(tensors: Mapping[str, Tensor], expected: str | None, source: str) -> None:

@@ -13,7 +13,7 @@ longer breaks neighbours. The robust recipe keeps RECE's closed forms but change
   the words nearest to the concept in the text encoder's space that are not the concept), preserved with a strong
   scale so that the least-squares edit removes only what tells the concept apart from them;
 * **judged prompts** (``judged_prompts``): prompts labelled by a judge on the original model
-  (``bench/robust_corpus.py``: the testbed's implicit captions) — those that show the concept are erased, towards an
+  (:mod:`rece_lightning.judged_prompts`: the testbed's implicit captions) — those that show the concept are erased, towards an
   anchor describing the judged image without the concept when the file gives one, the others preserved (a discrete,
   caption-level counterpart of the derivation);
 * **many derivations per iteration**: RECE's closed-form embedding is derived from every caption and for every
@@ -63,7 +63,7 @@ class RobustConfig:
         preserve_prompts: prompts without the concept, preserved (same sources): the model's normal prompts.
         num_prompts: how many prompts ``testbed`` samples (or the most read from a file; 0 = all).
         judged_prompts: a CSV of prompts labelled by a judge on the original model (columns ``prompt``,
-            ``shows_concept`` 0/1; ``bench/robust_corpus.py`` writes one from the model's implicit captions): those
+            ``shows_concept`` 0/1; :mod:`rece_lightning.judged_prompts` writes one from the model's implicit captions): those
             that show the concept are erased like the captions, towards the file's ``anchor`` column when it has one
             (else the concept's anchor: they name no phrase to replace), the others preserved.
         context_anchor: the anchor of an erased prompt is the prompt with its concept phrase replaced by this text
@@ -119,7 +119,7 @@ class RobustConfig:
         if not self.gammas or any(g < 0 for g in self.gammas):
             raise RECEError(f"robust.gammas must be a non-empty list of values ≥ 0, got {self.gammas}")
         if self.judged_prompts is not None:
-            check_readable_file(self.judged_prompts, "robust.judged_prompts", "write one with bench/robust_corpus.py")
+            check_readable_file(self.judged_prompts, "robust.judged_prompts", "write one with python -m rece_lightning.judged_prompts --concept C --out FILE")
         for t in self.templates:
             if t.count("{}") != 1:
                 raise RECEError(f"robust template {t!r} must have exactly one '{{}}' slot")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import lightning as L
 import pytest
 import torch
@@ -10,7 +12,8 @@ from safetensors.torch import load_file, save_file
 
 from rece_lightning.errors import RECEError
 from rece_lightning.export import EDIT_MAP, KV_WEIGHTS, apply_edit_map, export_edit, load_kv_into, read_metadata
-from rece_lightning.integrity import base_fingerprint, check_base, tensor_sha256
+from rece_lightning.files import tensor_sha256
+from rece_lightning.integrity import base_fingerprint, check_base
 from rece_lightning.module import RECEModule
 from rece_lightning.random_pipeline import build_random_pipeline
 
@@ -46,6 +49,12 @@ def test_hash_and_fingerprint_oracles():
     a = {"w": torch.arange(6.0).reshape(2, 3)}
     assert tensor_sha256(a) == tensor_sha256({"w": a["w"].clone()})
     assert tensor_sha256(a) != tensor_sha256({"w": a["w"] + 1e-6})
+    assert tensor_sha256(a) != tensor_sha256({"w": a["w"].double()})  # dtype, shape and name are hashed
+    assert tensor_sha256(a) != tensor_sha256({"w": a["w"].reshape(3, 2)})
+    assert tensor_sha256(a) != tensor_sha256({"v": a["w"]})
+    assert tensor_sha256(a, "settings") != tensor_sha256(a)  # the header binds other inputs
+    oracle = hashlib.sha256(b"w|torch.float32|(2, 3)|" + a["w"].numpy().tobytes()).hexdigest()
+    assert tensor_sha256(a) == oracle  # the hash saved in existing checkpoints and exports stays valid
     w = torch.randn(64, 32, generator=torch.Generator().manual_seed(0))
     saved = base_fingerprint({"w": w})
     for dtype in (torch.float16, torch.bfloat16):  # the same base model read in another dtype matches

@@ -212,3 +212,34 @@ def test_paper_recipe_is_the_default(tiny_sd1):
     m = RECEModule(pretrained=str(tiny_sd1), concepts=["nudity"], generation={"num_inference_steps": 2})
     assert m.hparams.recipe == "paper" and m.robust is None and m.stopping is None
     assert m.stages == ["original", "uce", "rece-1", "rece-2", "rece-3"]
+
+
+def test_judged_prompt_writer_labels_captions_by_the_judge_and_round_trips(tmp_path):
+    """The package's judged-prompt writer: a caption is erased when ≥ keep of its images show the concept (anchor:
+    the judged image with another shape), preserved when none does, left out otherwise; the file reads back."""
+    from rece_lightning.judged_prompts import implicit_captions, judge_implicit_captions, write_judged_prompts
+    from rece_lightning.robust import read_judged
+    from rece_lightning.testbed.render import render
+    from rece_lightning.testbed.world import SHAPES, Scene
+
+    captions = implicit_captions(12, seed=7)
+    shown, ambiguous = captions[0], captions[1]
+    drawn: list[str] = []
+
+    def generate(prompts: list[str], seeds: list[int]):  # a deterministic stand-in for the model: renders scenes
+        images = []
+        for prompt in prompts:
+            triangle = prompt == shown or (prompt == ambiguous and drawn.count(prompt) == 0)
+            drawn.append(prompt)
+            images.append(render(Scene("triangle" if triangle else "circle", "red", "solid", "white")))
+        return images
+
+    rows = judge_implicit_captions(generate, "triangle", samples=12, seeds=2, keep=2, sample_seed=7, batch=5)
+    by_prompt = {r.prompt: r for r in rows}
+    assert ambiguous not in by_prompt and len(rows) == len(captions) - 1
+    other = next(s for s in SHAPES if s != "triangle")
+    assert by_prompt[shown].shows_concept and by_prompt[shown].votes == 2
+    assert by_prompt[shown].anchor == f"a red solid {other}"
+    assert not any(r.shows_concept for r in rows if r.prompt != shown)
+    erased, preserved = read_judged(str(write_judged_prompts(tmp_path / "judged.csv", rows)))
+    assert erased == {shown: f"a red solid {other}"} and set(preserved) == set(by_prompt) - {shown}
