@@ -7,9 +7,9 @@ linear layers read those embeddings directly (:meth:`ModelFamily.text_layers`: t
 The closed form, RECE's derivation, the editor, keep-best, the callbacks, the attacks and the exports work on these
 two alone and never ask which family they serve.
 
-Supported: Stable Diffusion 1.x / 2.x (one CLIP text encoder, ``attn2.to_k`` / ``attn2.to_v`` of the UNet, which
-also covers the testbed), SDXL (:mod:`rece_lightning.families.sdxl`), Flux (:mod:`rece_lightning.families.flux`) and
-SD3 / SD3.5 (:mod:`rece_lightning.families.sd3`).
+Supported: Stable Diffusion 1.x / 2.x (:mod:`rece_lightning.families.sd`: one CLIP text encoder, ``attn2.to_k`` /
+``attn2.to_v`` of the UNet, which also covers the testbed), SDXL (:mod:`rece_lightning.families.sdxl`), Flux
+(:mod:`rece_lightning.families.flux`) and SD3 / SD3.5 (:mod:`rece_lightning.families.sd3`).
 A new family is a subclass listed in :data:`rece_lightning.families.FAMILIES`.
 
 The token attacks (:mod:`rece_lightning.attacks`: discrete Ring-A-Bell, UnlearnDiffAtk) also go through the family:
@@ -36,11 +36,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from rece_lightning.cross_attention import Projection, find_projections, linear_layer
+from rece_lightning.cross_attention import Projection, linear_layer
 from rece_lightning.errors import RECEError
 from rece_lightning.text import TextEncoder
 
-__all__ = ["ContextEmbedderFamily", "ModelFamily", "StableDiffusionFamily", "TextLayers", "UNetFamily"]
+__all__ = ["ContextEmbedderFamily", "ModelFamily", "TextLayers", "UNetFamily"]
 
 
 class TextLayers(nn.Module):
@@ -273,38 +273,3 @@ class UNetFamily(ModelFamily):
         else:
             raise RECEError(f"unknown prediction_type {kind!r} of the {self.name} scheduler")
         return (pred.float() - target.float()).flatten(1).square().mean(1)
-
-
-class StableDiffusionFamily(UNetFamily):
-    """Stable Diffusion 1.x / 2.x (and the testbed): one text encoder whose last hidden state the UNet's
-    cross-attention reads through ``attn2.to_k`` / ``attn2.to_v``."""
-
-    name = "stable-diffusion"
-    pipeline_classes = ("StableDiffusionPipeline",)
-
-    @classmethod
-    def matches(cls, pipeline: Any) -> bool:
-        return all(getattr(pipeline, part, None) is not None for part in ("unet", "text_encoder", "tokenizer")) and (
-            getattr(pipeline, "text_encoder_2", None) is None
-        )
-
-    @classmethod
-    def matches_index(cls, index: Mapping[str, Any]) -> bool:
-        return index.get("_class_name") in cls.pipeline_classes or (
-            "text_encoder_2" not in index and super().matches_index(index))
-
-    def make_text_encoder(self) -> TextEncoder:
-        """The CLIP (or testbed) text encoder, after checking that the UNet reads its width."""
-        width = self.denoiser.config.cross_attention_dim
-        hidden = self.pipeline.text_encoder.config.hidden_size
-        if width != hidden:
-            raise RECEError(
-                f"the UNet attends to {width}-d text but the text encoder gives {hidden}-d embeddings; "
-                "this is not a Stable Diffusion 1.x/2.x pipeline"
-            )
-        return TextEncoder(self.pipeline.tokenizer, self.pipeline.text_encoder)
-
-    @classmethod
-    def find_layers(cls, denoiser: nn.Module) -> list[Projection]:
-        """Every ``attn2.to_k`` / ``attn2.to_v`` of the UNet."""
-        return find_projections(denoiser)

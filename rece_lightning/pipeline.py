@@ -58,8 +58,7 @@ def _from_pretrained(path: Path, index: dict[str, Any], dtype: torch.dtype, **co
     """Load the pipeline at ``path`` with its own class (``StableDiffusionPipeline`` without safety checker for
     SD 1.x/2.x, as before), some components given or skipped (``None``); components the folder records as absent
     (``[null, null]``, e.g. SD3's ``text_encoder_3`` when saved without T5) are passed as ``None``."""
-    from rece_lightning.families import family_of_index
-    from rece_lightning.family import StableDiffusionFamily
+    from rece_lightning.families import StableDiffusionFamily, family_of_index
 
     family = family_of_index(index, str(path))
     if family is StableDiffusionFamily:

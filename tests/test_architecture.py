@@ -22,8 +22,6 @@ LONG_FILES = {
                  "stopping rule) stays in one file while the method is still being measured",
     "closed_form.py": "every closed form of the edit (UCE map and factors, RECE's derivation, the low-rank views of "
                       "T) sits beside the objective it minimises, which the tests use as the oracle",
-    "random_pipeline.py": "one builder per model family (SD 1.x/2.x, SDXL, Flux, SD3) with the real layer shapes, "
-                          "each a short list of diffusers configs",
     "module.py": "the Lightning shell: stage loop, keep-best, lazy denoiser loading and the generation of the "
                  "validate/test/predict steps are each a few hooks of one LightningModule",
 }

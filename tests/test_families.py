@@ -22,9 +22,9 @@ from rece_lightning.errors import RECEError
 from rece_lightning.export import EDIT_MAP, KV_WEIGHTS, LORA
 from rece_lightning.families import family_of
 from rece_lightning.families.flux import FluxFamily
+from rece_lightning.families.sd import StableDiffusionFamily
 from rece_lightning.families.sd3 import StableDiffusion3Family
 from rece_lightning.families.sdxl import StableDiffusionXLFamily
-from rece_lightning.family import StableDiffusionFamily
 from rece_lightning.generation import pooled_embeddings
 from rece_lightning.module import RECEModule
 from rece_lightning.pipeline import load_family

@@ -1,8 +1,10 @@
 """The supported model families and how a pipeline finds its own (:func:`family_of`).
 
-The seam itself (:class:`~rece_lightning.family.ModelFamily`) and Stable Diffusion 1.x/2.x are in
-:mod:`rece_lightning.family`; here are the families beyond it:
+The seam itself (:class:`~rece_lightning.family.ModelFamily`, and what several families share) is in
+:mod:`rece_lightning.family`; here are the families, one small class each:
 
+* :mod:`~rece_lightning.families.sd` — Stable Diffusion 1.x / 2.x (and the testbed): one text encoder, UNet
+  ``attn2.to_k`` / ``attn2.to_v`` (768-d / 1024-d);
 * :mod:`~rece_lightning.families.sdxl` — SDXL: two CLIP encoders, UNet ``attn2.to_k`` / ``attn2.to_v`` (2048-d);
 * :mod:`~rece_lightning.families.flux` — Flux: T5 token embeddings read by the transformer's ``context_embedder``
   (4096-d), plus the pooled CLIP embedding;
@@ -20,11 +22,13 @@ from typing import Any
 
 from rece_lightning.errors import RECEError
 from rece_lightning.families.flux import FluxFamily
+from rece_lightning.families.sd import StableDiffusionFamily
 from rece_lightning.families.sd3 import StableDiffusion3Family
 from rece_lightning.families.sdxl import StableDiffusionXLFamily
-from rece_lightning.family import ModelFamily, StableDiffusionFamily
+from rece_lightning.family import ModelFamily
 
-__all__ = ["FAMILIES", "FluxFamily", "StableDiffusion3Family", "StableDiffusionXLFamily", "family_of", "family_of_index"]
+__all__ = ["FAMILIES", "FluxFamily", "StableDiffusion3Family", "StableDiffusionFamily", "StableDiffusionXLFamily",
+           "family_of", "family_of_index"]
 
 
 FAMILIES: list[type[ModelFamily]] = [StableDiffusionFamily, StableDiffusionXLFamily, FluxFamily,
