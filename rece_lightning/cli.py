@@ -53,13 +53,14 @@ from rece_lightning.checks import (  # noqa: E402
     shown_path,
 )
 from rece_lightning.cli_text import (  # noqa: E402
-    MAIN_HELP,
     MAX_EPOCHS_MESSAGE,
     SUBCOMMAND_HELP,
     config_sets_max_epochs,
+    main_help,
     own_options,
     print_results,
     resume_command,
+    split_subcommand,
     usage_message,
 )
 from rece_lightning.data import RECEDataModule, check_prompts  # noqa: E402
@@ -77,6 +78,14 @@ VERSION_ENV = "RECE_RUN_VERSION"
 
 CKPT_KEYWORDS = ("last", "best", "hpc", "registry")
 """``--ckpt_path`` values that Lightning resolves itself."""
+
+CKPT_HELP = {
+    "fit": "resume a run from one of its checkpoints (<run>/checkpoints/*.ckpt); the run's settings must be the same",
+    "validate": "evaluate the edit of this checkpoint of rece fit (restored onto model.pretrained)",
+    "test": "red-team the edit of this checkpoint of rece fit (restored onto model.pretrained)",
+    "predict": "generate with the edit of this checkpoint of rece fit (restored onto model.pretrained)",
+}
+"""Help of ``--ckpt_path`` per subcommand."""
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -100,13 +109,21 @@ def _epochs(iterations: int, validate_original: bool) -> int:
 
 # ------------------------------------------------------------------------------------------------------- the CLI
 class RECECLI(LightningCLI):
-    """LightningCLI whose trainer runs exactly one epoch per edit stage.
+    """LightningCLI (``run=False``) for one ``rece`` subcommand, whose trainer runs exactly one epoch per edit stage.
+
+    Built on LightningCLI's public extension points only: the subcommand is chosen by :func:`main` (one parser per
+    subcommand, its help text through ``parser_kwargs``), ``--ckpt_path`` is an argument added in
+    :meth:`add_arguments_to_parser`, paths are checked in :meth:`before_instantiate_classes`, the run folder is named
+    in :meth:`instantiate_trainer`, and :meth:`run_subcommand` calls the trainer.
 
     ``--ckpt_path`` restores the edited K/V weights and edit state onto the model that the config and command line
-    describe. Lightning's CLI would also overwrite the model section with the hyper-parameters saved in the
-    checkpoint, silently dropping e.g. the attacks of ``rece test --config attack.yaml`` (the erasure run had none)
-    or a ``--model.torch_dtype float16``; here the user's config is authoritative, and a checkpoint that does not fit
-    the model is refused when it is loaded.
+    describe; the user's config is authoritative (Lightning's own subcommands would overwrite the model section with
+    the hyper-parameters saved in the checkpoint, silently dropping e.g. the attacks of
+    ``rece test --config attack.yaml``), and a checkpoint that does not fit the model is refused when it is loaded.
+
+    Args:
+        subcommand: ``fit``, ``validate``, ``test`` or ``predict``.
+        kwargs: :class:`~lightning.pytorch.cli.LightningCLI`'s arguments (``run`` is always ``False``).
 
     Attributes:
         argv: the command line as the user gave it (for the resume command printed on Ctrl-C).
@@ -114,35 +131,25 @@ class RECECLI(LightningCLI):
 
     argv: list[str] | None = None
 
-    # --------------------------------------------------------------------------------------------- parser
-    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
-        """Lightning's subcommands, described as rece's stages instead of Lightning's generic text."""
-        self._subcommand_parsers: dict[str, LightningArgumentParser] = {}
-        subcommands = parser.add_subcommands(title="subcommands", metavar="{fit,validate,test,predict}")
-        for subcommand in self.subcommands():
-            short, description = SUBCOMMAND_HELP[subcommand]
-            subparser_kwargs = {"description": description, "formatter_class": _HelpFormatter,
-                                **kwargs.get(subcommand, {})}
-            subcommand_parser = self._prepare_subcommand_parser(self.trainer_class, subcommand, **subparser_kwargs)
-            self._subcommand_parsers[subcommand] = subcommand_parser
-            subcommands.add_subcommand(subcommand, subcommand_parser, help=short)
+    def __init__(self, subcommand: str, **kwargs: Any) -> None:
+        self.command = subcommand
+        self._resume_run: Path | None = None
+        super().__init__(RECEModule, RECEDataModule, run=False, **kwargs)
 
+    # --------------------------------------------------------------------------------------------- parser
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """``--ckpt_path`` (and ``--verbose`` for validate/test), and ``trainer.max_epochs`` from the stages."""
+        parser.add_argument("--ckpt_path", type=str | None, default=None, help=CKPT_HELP[self.command])
+        if self.command in ("validate", "test"):
+            parser.add_argument("--verbose", type=bool, default=True, help="print the results")
         parser.link_arguments(
             ("model.rece.iterations", "model.validate_original"), "trainer.max_epochs", compute_fn=_epochs
         )
 
-    def _parse_ckpt_path(self) -> None:
-        """Keep the config's model section (see the class docstring) instead of the checkpoint's hyper-parameters."""
-
     # --------------------------------------------------------------------------------------- start-up checks
     def before_instantiate_classes(self) -> None:
         """Check every path the run will read or write before anything is loaded (one clear error, no output)."""
-        subcommand = self.subcommand
-        if subcommand is None:
-            return
-        cfg = self.config[subcommand]
-        self._resume_run: Path | None = None
+        subcommand, cfg = self.command, self.config
         ckpt = cfg.get("ckpt_path")
         if ckpt and str(ckpt) not in CKPT_KEYWORDS:
             verify_hash(check_checkpoint(ckpt), f"--ckpt_path {ckpt}")
@@ -175,14 +182,13 @@ class RECECLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any):
         """The trainer, with rece's run folder naming (see the module docstring) and no ``hp_metric``."""
         trainer = super().instantiate_trainer(**kwargs)
-        configured = self.config[self.subcommand].get("trainer.logger") if self.subcommand else None
-        if configured in (None, True) and isinstance(trainer.logger, TensorBoardLogger):
+        if self.config.get("trainer.logger") in (None, True) and isinstance(trainer.logger, TensorBoardLogger):
             trainer.logger = self._logger(Path(trainer.default_root_dir))
         return trainer
 
     def _logger(self, root: Path) -> TensorBoardLogger:
-        subcommand = self.subcommand
-        resume = getattr(self, "_resume_run", None)
+        subcommand = self.command
+        resume = self._resume_run
         if resume is not None:
             number = re.fullmatch(r"version_(\d+)", resume.name)
             return TensorBoardLogger(save_dir=resume.parent.parent, name=resume.parent.name,
@@ -203,7 +209,7 @@ class RECECLI(LightningCLI):
 
     def _evaluated(self) -> str:
         """What a validate/test/predict call evaluates: ``original`` or the checkpoint (with its run folder)."""
-        ckpt = self.config[self.subcommand].get("ckpt_path")
+        ckpt = self.config.get("ckpt_path")
         if not ckpt:
             return "original"
         if str(ckpt) in CKPT_KEYWORDS:
@@ -213,21 +219,20 @@ class RECECLI(LightningCLI):
         return f"{run.name}-{path.stem}" if run is not None else path.stem
 
     # ---------------------------------------------------------------------------------------------- running
-    def _run_subcommand(self, subcommand: str) -> None:
-        """Run the subcommand; print results with full metric names; on failure clean up and say how to resume."""
-        before_fn = getattr(self, f"before_{subcommand}", None)
-        if callable(before_fn):
-            before_fn()
-        fn = getattr(self, subcommand, getattr(self.trainer, subcommand))
-        fn_kwargs = self._prepare_subcommand_kwargs(subcommand)
-        verbose = bool(fn_kwargs.get("verbose", True))
-        if "verbose" in fn_kwargs:
+    def run_subcommand(self) -> None:
+        """Call the trainer; print results with full metric names; on failure clean up and say how to resume."""
+        subcommand = self.command
+        fn = getattr(self.trainer, subcommand)
+        fn_kwargs: dict[str, Any] = {"model": self.model, "datamodule": self.datamodule,
+                                     "ckpt_path": self.config.get("ckpt_path")}
+        verbose = bool(self.config.get("verbose", True))
+        if subcommand in ("validate", "test"):
             fn_kwargs["verbose"] = False  # Lightning's table truncates metric names; see print_results
         run = self._run_dir()
         root = Path(self.trainer.default_root_dir).absolute()
         fresh = [p for p in (root, root / "lightning_logs", run) if p is not None and not p.exists()]
         if _first_process(self.trainer) and run is not None:
-            verb = "resumes" if getattr(self, "_resume_run", None) is not None else "writes to"
+            verb = "resumes" if self._resume_run is not None else "writes to"
             print(f"rece: {subcommand} {verb} {shown_path(run)}", flush=True)
         try:
             results = fn(**fn_kwargs)
@@ -243,9 +248,6 @@ class RECECLI(LightningCLI):
             os.environ.pop(VERSION_ENV, None)
         if verbose and results and _first_process(self.trainer) and subcommand in ("validate", "test"):
             print_results(results, subcommand)
-        after_fn = getattr(self, f"after_{subcommand}", None)
-        if callable(after_fn):
-            after_fn()
 
     def _run_dir(self) -> Path | None:
         logger = self.trainer.logger
@@ -258,7 +260,7 @@ class RECECLI(LightningCLI):
         """Remove what this call created when nothing in it can be reused; for fit, say how to resume."""
         checkpoints = run / "checkpoints" if run is not None else None
         latest = latest_checkpoint(checkpoints) if checkpoints is not None and checkpoints.is_dir() else None
-        given = self.config[subcommand].get("ckpt_path")
+        given = self.config.get("ckpt_path")
         if latest is not None and given and not interrupted and Path(given).absolute() == latest[0].absolute():
             latest = None  # nothing new since the checkpoint this call started from: no resume point to offer
         if subcommand == "fit" and latest is not None:
@@ -335,6 +337,9 @@ def _main(args: list[str] | None) -> None:
         os.environ[DEBUG_ENV] = "1"  # DDP processes re-run the command line; they inherit the environment
     if threads is not None:
         os.environ[THREADS_ENV] = threads
+    if parser_args[:1] in (["-h"], ["--help"]):
+        print(main_help())
+        raise SystemExit(0)
     # the arguments are always passed explicitly (--debug and --threads removed), so Lightning's warning about
     # args given next to sys.argv does not apply
     warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended to run from within")
@@ -345,22 +350,21 @@ def _main(args: list[str] | None) -> None:
     # a progress bar outside a terminal prints only its last state; the stage lines say more
     defaults = {**TRAINER_DEFAULTS, "enable_progress_bar": sys.stdout.isatty(), "callbacks": [StageReport()]}
     try:
+        subcommand, rest = split_subcommand(parser_args)
         configure_threads()
-        config = config_sets_max_epochs(parser_args)
+        config = config_sets_max_epochs(rest)
         if config is not None:
             raise RECEError(f"{config}: {MAX_EPOCHS_MESSAGE}")
-        RECECLI(
-            RECEModule,
-            RECEDataModule,
+        cli = RECECLI(
+            subcommand,
             trainer_defaults=defaults,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
-            parser_kwargs={
-                "prog": "rece", "description": MAIN_HELP, "formatter_class": _HelpFormatter, "exit_on_error": False,
-                **{sub: {"prog": f"rece {sub}", "exit_on_error": False} for sub in SUBCOMMAND_HELP},
-            },
-            args=parser_args,
+            parser_kwargs={"prog": f"rece {subcommand}", "description": SUBCOMMAND_HELP[subcommand][1],
+                           "formatter_class": _HelpFormatter, "exit_on_error": False},
+            args=rest,
         )
+        cli.run_subcommand()
     except ArgumentError as err:
         _fail(usage_message(str(err), parser_args), debug)
     except RECEError as err:

@@ -10,7 +10,7 @@ from typing import Any
 from rece_lightning.checks import one_line, shown_path
 
 __all__ = ["MAIN_HELP", "MAX_EPOCHS_MESSAGE", "SUBCOMMAND_HELP", "config_sets_max_epochs", "own_options",
-           "print_results", "resume_command", "subcommand_of", "usage_message"]
+           "main_help", "print_results", "resume_command", "split_subcommand", "subcommand_of", "usage_message"]
 
 MAIN_HELP = """\
 Erase a concept from a Stable Diffusion model with RECE (closed-form edits of the cross-attention keys and values,
@@ -61,6 +61,37 @@ Generate the images of data.predict_prompts (each row with its own seed) with th
 --ckpt_path; saves them under model.generation.image_dir or <trainer.default_root_dir>/images.""",
     ),
 }
+
+def main_help() -> str:
+    """``rece --help``: what the command does and one line per subcommand (each has its own ``--help``)."""
+    width = max(len(name) for name in SUBCOMMAND_HELP)
+    lines = [f"  {name:<{width}}  {short}" for name, (short, _) in SUBCOMMAND_HELP.items()]
+    return "\n".join([f"usage: rece [-h] {{{','.join(SUBCOMMAND_HELP)}}} ...", "", MAIN_HELP, "", "subcommands "
+                      "(rece <subcommand> --help for its options):", *lines])
+
+
+def split_subcommand(argv: list[str]) -> tuple[str, list[str]]:
+    """The subcommand (the first argument) and the arguments that follow it.
+
+    Raises:
+        RECEError: no subcommand, an unknown one, or options before it.
+    """
+    from rece_lightning.errors import RECEError
+
+    choices = ", ".join(f"rece {name}" for name in SUBCOMMAND_HELP)
+    if not argv:
+        raise RECEError(f"no subcommand: use {choices} (see rece --help)")
+    first = argv[0]
+    if first in SUBCOMMAND_HELP:
+        return first, argv[1:]
+    named = subcommand_of(argv)
+    if named is not None:
+        raise RECEError(f"options go after the subcommand: rece {named} {shlex.join(a for a in argv if a != named)} "
+                        "(see rece --help)")
+    if first.startswith("-"):
+        raise RECEError(f"no subcommand before {first}: use {choices} (see rece --help)")
+    raise RECEError(f"invalid choice: {first!r}; use {choices} (see rece --help)")
+
 
 def resume_command(argv: list[str] | None, ckpt: Path) -> str:
     """The user's ``rece fit`` command line with ``--ckpt_path`` set to ``ckpt``."""

@@ -213,3 +213,21 @@ def test_threads(monkeypatch):
         assert configure_threads(1) == before  # one process keeps torch's default
     finally:
         torch.set_num_threads(before)
+
+
+def test_cli_uses_only_lightnings_public_extension_points():
+    """``rece`` extends LightningCLI through its public hooks: no private method of LightningCLI is overridden or
+    called, so a Lightning release that changes them cannot break the command."""
+    import ast
+    import inspect
+
+    from lightning.pytorch.cli import LightningCLI
+
+    from rece_lightning import cli
+
+    overridden = {name for name in vars(cli.RECECLI) if callable(getattr(LightningCLI, name, None))}
+    assert overridden == {"__init__", "add_arguments_to_parser", "before_instantiate_classes", "instantiate_trainer"}
+    private = {name for name in dir(LightningCLI) if name.startswith("_") and not name.startswith("__")}
+    tree = ast.parse(inspect.getsource(cli))
+    used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    assert not used & private, used & private
