@@ -6,6 +6,7 @@ command runs them on every path a call will read or write before the model is lo
 
 from __future__ import annotations
 
+import importlib
 import os
 import tempfile
 import warnings
@@ -17,8 +18,8 @@ import torch
 
 from rece_lightning.errors import RECEError
 
-__all__ = ["check_checkpoint", "check_writable_dir", "latest_checkpoint", "one_line", "shown_path",
-           "run_folder_of"]
+__all__ = ["check_checkpoint", "check_model_sources", "check_writable_dir", "latest_checkpoint", "one_line",
+           "shown_path", "run_folder_of"]
 
 
 def one_line(text: str) -> str:
@@ -149,3 +150,37 @@ def shown_path(path: Path) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def check_model_sources(config: Any) -> None:
+    """Resolve every model a ``rece`` call names before anything is loaded: ``model.pretrained`` (a local diffusers
+    folder, a Hugging Face Hub id — looked up in the user's cache, downloaded when online — or the testbed; see
+    :mod:`rece_lightning.model_source`) and the models of the configured callbacks, through their class method
+    ``check_sources(init_args)`` when they have one (e.g. the CLIP score's model, FID's Inception weights).
+
+    Args:
+        config: the parsed configuration of the subcommand (``model.pretrained``, ``trainer.callbacks``).
+
+    Raises:
+        RECEError: a model that is missing (offline, not on the Hub, not a pipeline folder …), in one line.
+    """
+    from rece_lightning.model_source import is_testbed
+    from rece_lightning.pipeline import pipeline_folder
+
+    pretrained = config.get("model.pretrained")
+    if pretrained is not None and not is_testbed(pretrained):
+        pipeline_folder(str(pretrained))
+    for callback in config.get("trainer.callbacks") or []:
+        class_path = _get(callback, "class_path")
+        if not isinstance(class_path, str) or "." not in class_path:
+            continue  # an instance (e.g. the CLI's own callbacks): nothing to resolve
+        module, _, name = class_path.rpartition(".")
+        hook = getattr(getattr(importlib.import_module(module), name, None), "check_sources", None)
+        if callable(hook):
+            init_args = _get(callback, "init_args")
+            hook(dict(init_args.as_dict() if hasattr(init_args, "as_dict") else init_args or {}))
+
+
+def _get(entry: Any, key: str) -> Any:
+    """``entry[key]`` of a parsed callback entry (a jsonargparse Namespace or a dict), ``None`` when absent."""
+    return entry.get(key) if hasattr(entry, "get") else getattr(entry, key, None)

@@ -46,6 +46,7 @@ from rece_lightning.callbacks.report import StageReport  # noqa: E402
 from rece_lightning.checkpoint import verify_hash  # noqa: E402
 from rece_lightning.checks import (  # noqa: E402
     check_checkpoint,
+    check_model_sources,
     check_writable_dir,
     latest_checkpoint,
     one_line,
@@ -177,6 +178,7 @@ class RECECLI(LightningCLI):
             data.get("limit"),
             data.get("kinds"),
         )
+        check_model_sources(cfg)  # Hub ids resolved (downloaded when online) before anything loads
 
     # ------------------------------------------------------------------------------------------ run folder
     def instantiate_trainer(self, **kwargs: Any):

@@ -59,7 +59,9 @@ class RECEModule(L.LightningModule):
     """Reliable and Efficient Concept Erasure (Gong et al., ECCV 2024) of a Stable Diffusion pipeline, in Lightning.
 
     Args:
-        pretrained: a local diffusers pipeline folder, or ``"testbed"`` (the embedded default model).
+        pretrained: a local diffusers pipeline folder, a Hugging Face Hub id (``org/name`` or ``org/name@revision``,
+            resolved in the user's cache: :mod:`rece_lightning.model_source`), or ``"testbed"`` (the embedded
+            default model).
         concepts: texts to erase, e.g. ``["nudity"]``.
         anchor: what each concept is mapped to: one text for all, or one per concept (official default ``" "``).
         uce: the first edit.

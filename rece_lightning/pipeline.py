@@ -1,4 +1,5 @@
-"""Load text-to-image pipelines from local folders only (no model hub); generation is in :mod:`rece_lightning.generation`.
+"""Load text-to-image pipelines (a local folder, a Hugging Face Hub id resolved by :mod:`rece_lightning.model_source`,
+or the testbed); generation is in :mod:`rece_lightning.generation`.
 
 :func:`load_pipeline` loads a whole pipeline of any supported family (chosen from ``model_index.json``);
 :func:`load_family` loads only what erasing needs — the text encoders and, read straight from the denoiser's
@@ -18,9 +19,9 @@ import torch
 from torch import nn
 
 from rece_lightning.errors import RECEError
+from rece_lightning.model_source import TESTBED, is_testbed, resolve
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-TESTBED = "testbed"
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -31,16 +32,17 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 def pipeline_folder(pretrained: str) -> tuple[Path, dict[str, Any]]:
-    """The folder and its ``model_index.json``.
+    """The folder of ``pretrained`` (a local folder, or a Hub id's snapshot in the Hugging Face cache) and its
+    ``model_index.json``.
 
     Raises:
-        RECEError: the folder is missing or is not a diffusers pipeline.
+        RECEError: the folder is missing or is not a diffusers pipeline; the Hub id cannot be resolved.
     """
-    path = Path(pretrained).expanduser()
-    if not path.exists():
+    path = resolve(pretrained, "model.pretrained").folder
+    if path is None or not path.exists():
         raise RECEError(
-            f"model folder {path} does not exist; set model.pretrained to a local diffusers folder "
-            "(one holding model_index.json, e.g. a downloaded CompVis/stable-diffusion-v1-4) or to 'testbed'"
+            f"model folder {pretrained} does not exist; set model.pretrained to a local diffusers folder "
+            f"(one holding model_index.json), a Hugging Face Hub id (e.g. CompVis/stable-diffusion-v1-4) or '{TESTBED}'"
         )
     if not (path / "model_index.json").is_file():
         raise RECEError(
@@ -82,8 +84,8 @@ def _from_pretrained(path: Path, index: dict[str, Any], dtype: torch.dtype, **co
 
 
 def load_pipeline(pretrained: str, torch_dtype: str = "float32"):
-    """A whole pipeline from a local diffusers folder (its family read from ``model_index.json``), or the embedded
-    testbed (``"testbed"``).
+    """A whole pipeline from a local diffusers folder or a Hub id (its family read from ``model_index.json``), or the
+    embedded testbed (``"testbed"``).
 
     The safety checker is not loaded: evaluating what a model generates is the point of this tool.
 
@@ -91,7 +93,7 @@ def load_pipeline(pretrained: str, torch_dtype: str = "float32"):
         RECEError: the folder is missing, is not a diffusers pipeline of a supported family, or fails to load.
     """
     dtype = resolve_dtype(torch_dtype)
-    if pretrained == TESTBED:
+    if is_testbed(pretrained):
         from rece_lightning.testbed import load_testbed_pipeline
 
         return load_testbed_pipeline(dtype=dtype)
@@ -172,7 +174,7 @@ def load_family(pretrained: str, torch_dtype: str = "float32", text_only: bool =
     from rece_lightning.families import family_of, family_of_index
 
     dtype = resolve_dtype(torch_dtype)
-    if pretrained == TESTBED or not text_only:
+    if is_testbed(pretrained) or not text_only:
         return family_of(load_pipeline(pretrained, torch_dtype), **options)
     path, index = pipeline_folder(pretrained)
     family = family_of_index(index, str(path))

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -104,6 +106,64 @@ def tiny_sd3(tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def tiny_sd2(tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny SD2-shaped random pipeline (tokenizer pads with "!")."""
     return _save(tokenizer_path, tmp_path_factory.mktemp("models"), "tiny-sd2")
+
+
+# ------------------------------------------------------------------------------------- a Hugging Face cache
+def _blob_name(data: bytes, lfs: bool) -> str:
+    """The blob's name in huggingface_hub's cache: the SHA-256 of an LFS file, the git blob SHA-1 of the others."""
+    if lfs:
+        return hashlib.sha256(data).hexdigest()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+@dataclass
+class HubCache:
+    """A Hugging Face cache in a temporary ``HF_HOME``, laid out as huggingface_hub lays out downloaded repositories:
+    ``hub/models--org--name/{blobs,snapshots/<commit>,refs/<ref>}``, the snapshot's files being relative symlinks to
+    the blobs. :attr:`env` is the environment of a process that uses it offline (``HF_HUB_OFFLINE=1``)."""
+
+    home: Path
+    commits: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def hub(self) -> Path:
+        return self.home / "hub"
+
+    @property
+    def env(self) -> dict[str, str]:
+        drop = {"HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_DATASETS_CACHE"}
+        return {**{k: v for k, v in os.environ.items() if k not in drop},
+                "HF_HOME": str(self.home), "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+    def add(self, repo_id: str, folder: Path, ref: str = "main") -> Path:
+        """Put the files of ``folder`` in the cache as repository ``repo_id`` at branch ``ref``; its snapshot folder."""
+        lfs = (".safetensors", ".bin", ".pth", ".onnx", ".msgpack", ".h5")
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        listing = hashlib.sha1()
+        for file in files:
+            listing.update(str(file.relative_to(folder)).encode() + file.read_bytes())
+        commit = listing.hexdigest()
+        repo = self.hub / f"models--{repo_id.replace('/', '--')}"
+        snapshot = repo / "snapshots" / commit
+        for file in files:
+            data = file.read_bytes()
+            blob = repo / "blobs" / _blob_name(data, file.suffix in lfs)
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            if not blob.exists():
+                shutil.copyfile(file, blob)
+            link = snapshot / file.relative_to(folder)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(os.path.relpath(blob, link.parent))
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)  # no newline, as huggingface_hub writes it
+        self.commits[repo_id] = commit
+        return snapshot
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path) -> HubCache:
+    """An empty Hugging Face cache (``HF_HOME``) to fill with :meth:`HubCache.add`; its ``env`` is offline."""
+    return HubCache(tmp_path / "hf-home")
 
 
 def tree_digest(root: Path) -> str:

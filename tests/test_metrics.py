@@ -21,7 +21,7 @@ from rece_lightning.callbacks import (
     ImageMetric,
     NudeNetMetric,
 )
-from rece_lightning.callbacks.fid import frechet_distance
+from rece_lightning.callbacks.fid import INCEPTION_URL, INCEPTION_WEIGHTS, frechet_distance, inception_weights
 from rece_lightning.callbacks.nudenet import NUDENET_SHA256, RECE_CLASSES, count_detections, nudenet_labels
 from rece_lightning.callbacks.records import merge_records, plain, public
 from rece_lightning.errors import RECEError
@@ -243,11 +243,13 @@ def test_clip_score_matches_torchmetrics(tiny_clip):
     assert protocol["model_name_or_path"] == str(tiny_clip.resolve()) and len(protocol["weights_sha256"]) == 64
 
 
-def test_clip_score_needs_a_local_folder(tmp_path):
-    with pytest.raises(RECEError, match="does not exist"):
-        CLIPScoreMetric(model_name_or_path="openai/clip-vit-large-patch14")
+def test_clip_score_model_errors_name_the_fix(tmp_path):
+    with pytest.raises(RECEError, match="does not exist.*Hub id"):
+        CLIPScoreMetric(model_name_or_path=str(tmp_path / "missing"))
     with pytest.raises(RECEError, match="config.json"):
         CLIPScoreMetric(model_name_or_path=str(tmp_path))
+    with pytest.raises(RECEError, match="not a CLIP model"):
+        CLIPScoreMetric(model_name_or_path="testbed")
 
 
 # -------------------------------------------------------------------------------------------- Fréchet distance
@@ -297,19 +299,60 @@ def test_fid_without_torch_fidelity_says_how_to_install_it(tmp_path):
 
     if _TORCH_FIDELITY_AVAILABLE:
         pytest.skip("torch-fidelity is installed")
-    weights = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    weights = tmp_path / INCEPTION_WEIGHTS
     weights.write_bytes(b"not used")
-    metric = FrechetDistance(feature_extractor_weights_path=str(weights))
-    assert metric.name == "fid"
-    with pytest.raises(RECEError, match="torch-fidelity"):
-        metric.features(_images(2))
+    with pytest.raises(RECEError, match=r"torch-fidelity.*torchvision.*index-url.*rece-lightning\[fid\]"):
+        FrechetDistance(feature_extractor_weights_path=str(weights))  # when built, before any image is generated
+
+
+def _offline(monkeypatch: pytest.MonkeyPatch, torch_home: Path) -> None:
+    """An empty torch hub cache and no way out (every proxy variable points at a closed local port)."""
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    for name in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_inception_weights_come_from_torch_hub_cache(tmp_path, monkeypatch):
+    """The default FID weights are torch-fidelity's published file in torch's hub cache (where torch-fidelity caches
+    it); missing and impossible to download, they are one error naming the file, the URL and the folder."""
+    _offline(monkeypatch, tmp_path / "torch")
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / INCEPTION_WEIGHTS
+    with pytest.raises(RECEError) as err:
+        inception_weights()
+    message = str(err.value)
+    assert "\n" not in message and INCEPTION_WEIGHTS in message and INCEPTION_URL in message
+    assert str(cached.parent) in message and "feature_extractor_weights_path" in message
+    assert not cached.parent.exists() or list(cached.parent.iterdir()) == []  # no partial download left behind
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(b"weights")
+    assert inception_weights() == cached
+    own = tmp_path / "mine.pth"
+    own.write_bytes(b"weights")
+    assert inception_weights(own) == own
+
+
+def test_fid_weights_name_is_the_published_one():
+    """The name in the preset and the URL are torch-fidelity's (checked against torch-fidelity when installed)."""
+    from tests.conftest import REPO
+
+    preset = (REPO / "callbacks" / "fid.yaml").read_text()
+    assert INCEPTION_WEIGHTS in preset and "pt_inception" not in preset
+    assert INCEPTION_URL.endswith("/" + INCEPTION_WEIGHTS)
+    import importlib.util
+
+    if importlib.util.find_spec("torch_fidelity") is not None:
+        from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+        assert INCEPTION_URL == URL_INCEPTION_V3
 
 
 def test_frechet_distance_rejects_bad_configuration(tmp_path):
-    with pytest.raises(RECEError, match="exactly one"):
-        FrechetDistance()
-    with pytest.raises(RECEError, match="do not exist"):
-        FrechetDistance(feature_extractor_weights_path=str(tmp_path / "pt_inception.pth"))
+    with pytest.raises(RECEError, match="not both"):
+        FrechetDistance(feature_extractor_weights_path=str(tmp_path / INCEPTION_WEIGHTS), feature_extractor="testbed")
+    with pytest.raises(RECEError, match=f"do not exist; give torch-fidelity's {INCEPTION_WEIGHTS}"):
+        FrechetDistance(feature_extractor_weights_path=str(tmp_path / INCEPTION_WEIGHTS))
     with pytest.raises(RECEError, match="reference"):
         FrechetDistance(feature_extractor="testbed", reference=str(tmp_path / "missing"))
 

@@ -39,6 +39,7 @@ from rece_lightning.callbacks.metric import ImageMetric
 from rece_lightning.callbacks.records import mean as average
 from rece_lightning.errors import RECEError
 from rece_lightning.files import file_sha256
+from rece_lightning.model_source import TESTBED, is_testbed
 
 TARGET_KINDS: tuple[str, ...] = ("explicit", "paraphrase", "implicit")
 PRESERVE_KINDS: tuple[str, ...] = ("neighbour", "unrelated")
@@ -88,7 +89,7 @@ class ClassifierAccuracy(ImageMetric):
 
     def __init__(
         self,
-        classifier: nn.Module | str = "testbed",
+        classifier: nn.Module | str = TESTBED,
         labels: list[str] | dict[str, list[str]] | str | None = None,
         concept: str | None = None,
         attribute: str | None = None,
@@ -104,11 +105,11 @@ class ClassifierAccuracy(ImageMetric):
         sources: list[str] | None = None,
     ) -> None:
         super().__init__(name, prefix, save_json, sources)
-        if isinstance(classifier, str) and classifier != "testbed":
-            raise RECEError(f"classifier must be 'testbed' or an nn.Module/callable, got {classifier!r}")
+        if isinstance(classifier, str) and not is_testbed(classifier):
+            raise RECEError(f"classifier must be '{TESTBED}' or an nn.Module/callable, got {classifier!r}")
         if not isinstance(classifier, str) and not callable(classifier):
             raise RECEError(f"classifier must be callable, got {type(classifier).__name__}")
-        if classifier != "testbed" and labels is None:
+        if not is_testbed(classifier) and labels is None:
             raise RECEError("a user classifier needs labels (its class names, in output order)")
         if (mean is None) != (std is None):
             raise RECEError("give both mean and std (or neither)")
@@ -130,7 +131,7 @@ class ClassifierAccuracy(ImageMetric):
     def prepare(self, pl_module: L.LightningModule | None = None) -> None:
         if self._model is not None:
             return
-        if self.classifier == "testbed":
+        if is_testbed(self.classifier):
             from rece_lightning.testbed import load_testbed_classifier
 
             self._model = load_testbed_classifier()
@@ -171,7 +172,7 @@ class ClassifierAccuracy(ImageMetric):
         """Per image ``{head: (label, probability)}``."""
         self.prepare()
         assert self.heads is not None
-        if self.classifier == "testbed":
+        if is_testbed(self.classifier):
             from rece_lightning.testbed import classify
 
             model = self._model.to(self.device)
@@ -264,7 +265,7 @@ class ClassifierAccuracy(ImageMetric):
         return summary
 
     def protocol(self) -> dict[str, Any]:
-        if self.classifier == "testbed":
+        if is_testbed(self.classifier):
             from rece_lightning.testbed.classifier import CLASSIFIER_DIR
 
             weights = Path(CLASSIFIER_DIR) / "model.safetensors"

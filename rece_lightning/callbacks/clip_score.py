@@ -1,15 +1,17 @@
-"""CLIP score (Hessel et al., EMNLP 2021) of validation images against their prompts, from a LOCAL CLIP model.
+"""CLIP score (Hessel et al., EMNLP 2021) of validation images against their prompts.
 
 The number is torchmetrics' ``CLIPScore``: per image ``100 · cos(E_img, E_text)`` of the L2-normalised projected
 CLIP embeddings, and for a set ``max(mean, 0)``. torchmetrics only accepts hub names (which need a download) or a
 callable, and torchmetrics 1.9 cannot read the outputs of ``get_image_features`` in transformers ≥ 5 (they return a
-``BaseModelOutputWithPooling``), so this callback loads ``CLIPModel``/``CLIPProcessor`` from a local folder itself and
+``BaseModelOutputWithPooling``), so this callback loads ``CLIPModel``/``CLIPProcessor`` itself and
 computes the same quantity the same way: the processor's image preprocessing, captions tokenised with padding and cut
 to the text model's ``max_position_embeddings`` tokens as torchmetrics does (``truncated`` is recorded per image). The
 test suite checks the result against ``torchmetrics.multimodal.CLIPScore``.
 
-Papers usually report the CLIP score of ``openai/clip-vit-large-patch14`` on COCO-30k prompts: download that folder on a
-machine with internet (``huggingface-cli download openai/clip-vit-large-patch14 --local-dir …``) and give its path.
+The model is a Hugging Face Hub id or a local folder (:mod:`rece_lightning.model_source`). The default is the model
+papers report the CLIP score of (on COCO-30k prompts), :data:`DEFAULT_CLIP_MODEL`: taken from the user's Hugging Face
+cache, downloaded there when online (only its configs, processor files and safetensors weights); with
+``HF_HUB_OFFLINE=1`` a model missing from the cache is one error line that names ``hf download …``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ from rece_lightning.callbacks.metric import ImageMetric
 from rece_lightning.callbacks.records import mean
 from rece_lightning.errors import RECEError
 from rece_lightning.files import file_sha256
+from rece_lightning.model_source import ModelSource, resolve
+
+DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
+"""The CLIP model of the papers' CLIP scores (ViT-L/14, as in RECE, UCE, ESD)."""
 
 
 def _features(output: Any) -> Tensor:
@@ -43,8 +49,8 @@ def check_local_model(path: str | Path, what: str, files: tuple[str, ...] = ("co
     """``path`` as an existing local model folder holding ``files``, or a :class:`RECEError` naming the fix."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise RECEError(f"{what} folder {folder} does not exist; models are never downloaded at run time: "
-                        "save the model with save_pretrained (or huggingface-cli download --local-dir) and give its path")
+        raise RECEError(f"{what} folder {folder} does not exist; give a folder written by save_pretrained or a "
+                        f"Hugging Face Hub id (e.g. {DEFAULT_CLIP_MODEL})")
     missing = [f for f in files if not (folder / f).is_file()]
     if missing:
         raise RECEError(f"{what} folder {folder} has no {', '.join(missing)}; give a folder written by save_pretrained")
@@ -57,8 +63,10 @@ class CLIPScoreMetric(ImageMetric):
     Logged: ``<prefix>/clip_score`` = ``max(mean_i 100·cos_i, 0)``; every record holds its own ``clip_score``.
 
     Args:
-        model_name_or_path: a LOCAL folder with a ``CLIPModel`` and its ``CLIPProcessor`` (``save_pretrained``
-            output); its path, ``_name_or_path`` and the weights' SHA-256 are recorded with the score.
+        model_name_or_path: a Hugging Face Hub id (``org/name`` or ``org/name@revision``; default
+            :data:`DEFAULT_CLIP_MODEL`) or a local folder with a ``CLIPModel`` and its ``CLIPProcessor``
+            (``save_pretrained`` output); its folder, Hub id and commit, and the weights' SHA-256 are recorded with
+            the score.
         text_column: prompt-row column compared with the image (``prompt``; e.g. a caption column for COCO).
         batch_size: images per CLIP forward pass.
         name, prefix, save_json: see :class:`~rece_lightning.callbacks.metric.ImageMetric`.
@@ -66,7 +74,7 @@ class CLIPScoreMetric(ImageMetric):
 
     def __init__(
         self,
-        model_name_or_path: str,
+        model_name_or_path: str = DEFAULT_CLIP_MODEL,
         text_column: str = "prompt",
         batch_size: int = 32,
         name: str = "clip_score",
@@ -75,13 +83,29 @@ class CLIPScoreMetric(ImageMetric):
         sources: list[str] | None = None,
     ) -> None:
         super().__init__(name, prefix, save_json, sources)
-        self.folder = check_local_model(model_name_or_path, "CLIP model")
+        self.source = self.check_sources({"model_name_or_path": model_name_or_path})
+        assert self.source.folder is not None
+        self.folder = check_local_model(self.source.folder, "CLIP model")
         if batch_size < 1:
             raise RECEError(f"batch_size must be ≥ 1, got {batch_size}")
         self.text_column, self.batch_size = text_column, batch_size
         self.model: Any = None
         self.processor: Any = None
         self._sha: str | None = None
+
+    @classmethod
+    def check_sources(cls, init_args: dict[str, Any]) -> ModelSource:
+        """The CLIP model of these arguments, resolved (called by the ``rece`` command before anything loads).
+
+        Raises:
+            RECEError: a Hub id missing from the cache offline (or not on the Hub), or the testbed.
+        """
+        spec = str(init_args.get("model_name_or_path") or DEFAULT_CLIP_MODEL)
+        source = resolve(spec, "CLIPScoreMetric model_name_or_path", kind="transformers")
+        if source.folder is None:
+            raise RECEError(f"CLIPScoreMetric model_name_or_path {spec!r} is not a CLIP model; give a Hugging Face "
+                            f"Hub id (e.g. {DEFAULT_CLIP_MODEL}) or a local folder")
+        return source
 
     def prepare(self, pl_module: L.LightningModule | None = None) -> None:
         if self.model is None:
@@ -138,7 +162,9 @@ class CLIPScoreMetric(ImageMetric):
             "metric": "CLIP score (Hessel et al., 2021) as torchmetrics.multimodal.CLIPScore",
             "formula": "per image 100*cos(image_embeds, text_embeds); set: max(mean, 0)",
             "model_name_or_path": str(self.folder),
-            "model_id": config.get("_name_or_path") or None,
+            "model_id": self.source.repo_id or config.get("_name_or_path") or None,
+            "model_revision": self.source.revision,
+            "model_commit": self.source.commit,
             "model_type": config.get("model_type"),
             "weights_sha256": self._sha,
             "text_column": self.text_column,

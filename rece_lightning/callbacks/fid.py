@@ -6,10 +6,13 @@ by prompt row, so the value does not depend on the number of processes.
 
 Features (exactly one source):
 
-* ``feature_extractor_weights_path``: FID proper, torchmetrics' ``NoTrainInceptionV3`` (torch-fidelity's
-  ``inception-v3-compat``, uint8 images resized to 299 px) with the weights read from a LOCAL file
-  (``pt_inception-2015-12-05-6726825d.pth``); needs ``pip install torch-fidelity`` (the ``fid`` extra).
-  Logged as ``<prefix>/fid``.
+* neither argument (the default): FID proper, torchmetrics' ``NoTrainInceptionV3`` (torch-fidelity's
+  ``inception-v3-compat``, uint8 images resized to 299 px) with the standard weights torch-fidelity publishes,
+  :data:`INCEPTION_WEIGHTS`, from torch's hub cache (``$TORCH_HOME/hub/checkpoints``, where torch-fidelity itself
+  caches them), downloaded there once when missing (:func:`inception_weights`); ``feature_extractor_weights_path``
+  gives another copy of them instead. Needs torch-fidelity (``pip install 'rece-lightning[fid]'``, after torchvision
+  from torch's own index). The weights are checked to be a plain state dict of tensors
+  (``torch.load(weights_only=True)``) before torch-fidelity unpickles them. Logged as ``<prefix>/fid``.
 * ``feature_extractor="testbed"``: the trunk of the testbed's attribute classifier (``AttributeClassifier.features``,
   a 256-d vector). This is *not* an Inception distance and is logged as ``<prefix>/fd_testbed_classifier``.
 * ``feature_extractor=<nn.Module>``: any module mapping float images ``(N, 3, H, W)`` in ``[0, 1]`` to ``(N, D)``;
@@ -28,6 +31,8 @@ Reference (``reference``):
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,8 +47,45 @@ from rece_lightning.callbacks.metric import ImageMetric
 from rece_lightning.callbacks.run import run_dir, warn
 from rece_lightning.errors import RECEError
 from rece_lightning.files import atomic_path, file_sha256
+from rece_lightning.model_source import TESTBED, is_testbed
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
+"""The file name of the InceptionV3 FID weights torch-fidelity publishes (converted from TensorFlow's FID Inception)."""
+INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_WEIGHTS}"
+"""Where torch-fidelity downloads them from (``torch_fidelity.feature_extractor_inceptionv3.URL_INCEPTION_V3``)."""
+FID_EXTRA = ("FID with InceptionV3 needs torch-fidelity: install torchvision from the index your torch came from "
+             "(e.g. pip install torchvision --index-url https://download.pytorch.org/whl/cpu), then "
+             "pip install 'rece-lightning[fid]'")
+
+
+def inception_weights(path: str | Path | None = None) -> Path:
+    """The InceptionV3 FID weights: ``path`` when given, else :data:`INCEPTION_WEIGHTS` in torch's hub cache
+    (``torch.hub.get_dir()/checkpoints``, the file torch-fidelity downloads and reuses), downloaded there when missing
+    (``torch.hub.download_url_to_file``: a temporary file, then renamed).
+
+    Raises:
+        RECEError: ``path`` does not exist, or the weights are not cached and cannot be downloaded (offline).
+    """
+    if path is not None:
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise RECEError(f"InceptionV3 weights {file} do not exist; give torch-fidelity's {INCEPTION_WEIGHTS} "
+                            "or leave feature_extractor_weights_path unset to use torch's hub cache")
+        return file
+    file = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS
+    if file.is_file():
+        return file
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(INCEPTION_URL, str(file), progress=sys.stderr.isatty())
+    except Exception as err:  # urllib raises URLError, HTTPError, OSError, timeouts …
+        reason = " ".join(str(getattr(err, "reason", None) or err).split())[:120]
+        raise RECEError(f"FID: the InceptionV3 weights {INCEPTION_WEIGHTS} are not in torch's hub cache "
+                        f"({file.parent}) and could not be downloaded ({reason}); download {INCEPTION_URL} into "
+                        "that folder, or set feature_extractor_weights_path to a copy") from err
+    return file
 
 
 class _Passthrough(nn.Module):
@@ -81,10 +123,11 @@ class FrechetDistance(ImageMetric):
     """Fréchet distance of validation images to a reference set (see the module docstring).
 
     Args:
-        feature_extractor_weights_path: local InceptionV3 weights for FID proper (torch-fidelity format).
+        feature_extractor_weights_path: a local copy of torch-fidelity's InceptionV3 weights
+            (:data:`INCEPTION_WEIGHTS`); default: the copy in torch's hub cache, downloaded once when missing.
         feature_extractor: ``"testbed"`` (the testbed classifier's trunk) or an ``nn.Module`` (float images in
-            ``[0, 1]`` → ``(N, D)`` features). Give this or ``feature_extractor_weights_path``, not both.
-        feature: Inception feature layer (64, 192, 768 or 2048) for ``feature_extractor_weights_path``.
+            ``[0, 1]`` → ``(N, D)`` features) instead of InceptionV3. Not with ``feature_extractor_weights_path``.
+        feature: Inception feature layer (64, 192, 768 or 2048) for FID proper.
         reference: ``"original"``, a folder of images, or a ``.npz`` of features written by this callback.
         image_size: resize images (PIL bicubic) to this square size before an ``nn.Module`` extractor.
         batch_size: images per forward pass.
@@ -105,21 +148,18 @@ class FrechetDistance(ImageMetric):
         save_json: bool = True,
         sources: list[str] | None = None,
     ) -> None:
-        if (feature_extractor_weights_path is None) == (feature_extractor is None):
-            raise RECEError("give exactly one of feature_extractor_weights_path (InceptionV3 weights for FID) and "
-                            "feature_extractor ('testbed' or an nn.Module)")
-        if isinstance(feature_extractor, str) and feature_extractor != "testbed":
-            raise RECEError(f"feature_extractor must be 'testbed' or an nn.Module, got {feature_extractor!r}")
+        if feature_extractor_weights_path is not None and feature_extractor is not None:
+            raise RECEError("give feature_extractor_weights_path (InceptionV3 weights for FID) or feature_extractor "
+                            f"('{TESTBED}' or an nn.Module), not both")
+        if isinstance(feature_extractor, str) and not is_testbed(feature_extractor):
+            raise RECEError(f"feature_extractor must be '{TESTBED}' or an nn.Module, got {feature_extractor!r}")
         self.weights_path: Path | None = None
-        if feature_extractor_weights_path is not None:
-            self.weights_path = Path(feature_extractor_weights_path).expanduser()
-            if not self.weights_path.is_file():
-                raise RECEError(f"InceptionV3 weights {self.weights_path} do not exist; torch-fidelity's "
-                                "pt_inception-2015-12-05-6726825d.pth must be downloaded beforehand and given as a file")
+        if feature_extractor is None:
             if feature not in (64, 192, 768, 2048):
                 raise RECEError(f"feature must be one of 64, 192, 768, 2048 for InceptionV3, got {feature}")
+            self.weights_path = self.check_sources({"feature_extractor_weights_path": feature_extractor_weights_path})
             kind = "inception"
-        elif feature_extractor == "testbed":
+        elif is_testbed(feature_extractor):
             kind = "testbed_classifier"
         else:
             if not isinstance(feature_extractor, nn.Module):
@@ -141,11 +181,34 @@ class FrechetDistance(ImageMetric):
             if not (path.is_dir() or (path.is_file() and path.suffix == ".npz")):
                 raise RECEError(f"FID reference {path} is neither 'original', a folder of images nor a .npz of features")
 
+    @classmethod
+    def check_sources(cls, init_args: dict[str, Any]) -> Path | None:
+        """The InceptionV3 weights of these arguments (:func:`inception_weights`; ``None`` for another extractor),
+        after checking that torch-fidelity is installed; called by the ``rece`` command before anything loads.
+
+        Raises:
+            RECEError: the weights file is missing (and cannot be downloaded), or torch-fidelity is not installed.
+        """
+        if init_args.get("feature_extractor") is not None:
+            return None
+        path = init_args.get("feature_extractor_weights_path")
+        if path is not None:
+            inception_weights(path)  # a missing file is named before a missing package
+        if importlib.util.find_spec("torch_fidelity") is None:
+            raise RECEError(FID_EXTRA)
+        return inception_weights(path)
+
     # ---------------------------------------------------------------------------------- extractors
     def prepare(self, pl_module: L.LightningModule | None = None) -> None:
         if self._forward is not None:
             return
         if self.kind == "inception":
+            assert self.weights_path is not None
+            try:  # torch-fidelity unpickles the file (weights_only=False): make sure it holds tensors only
+                torch.load(self.weights_path, map_location="cpu", weights_only=True)
+            except Exception as err:
+                raise RECEError(f"InceptionV3 weights {self.weights_path} are not a plain state dict of tensors "
+                                f"({type(err).__name__}); use torch-fidelity's {INCEPTION_WEIGHTS}") from err
             try:
                 from torchmetrics.image.fid import FrechetInceptionDistance
 
@@ -153,7 +216,7 @@ class FrechetDistance(ImageMetric):
                     feature=self.feature, feature_extractor_weights_path=str(self.weights_path)
                 ).inception
             except ModuleNotFoundError as err:
-                raise RECEError("FID with InceptionV3 needs torch-fidelity: pip install 'rece-lightning[fid]'") from err
+                raise RECEError(FID_EXTRA) from err
             self.module = inception
 
             def forward(images: list[Image.Image]) -> Tensor:
@@ -291,6 +354,8 @@ class FrechetDistance(ImageMetric):
                 name="torchmetrics NoTrainInceptionV3 (torch-fidelity inception-v3-compat)",
                 feature=self.feature,
                 weights_path=str(self.weights_path),
+                weights_file=INCEPTION_WEIGHTS,
+                weights_url=INCEPTION_URL,
                 weights_sha256=file_sha256(self.weights_path),
                 input="uint8 RGB, resized to 299 px (bilinear, antialias) inside the network",
             )
