@@ -108,6 +108,31 @@ def tiny_sd2(tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return _save(tokenizer_path, tmp_path_factory.mktemp("models"), "tiny-sd2")
 
 
+@pytest.fixture(scope="session")
+def tiny_clip(tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random ``CLIPModel`` with its ``CLIPProcessor`` (the real CLIP tokenizer), saved with save_pretrained
+    (safetensors weights)."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_path)
+    config = CLIPConfig(
+        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "max_position_embeddings": 77, "projection_dim": 16},
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
+                       "image_size": 30, "patch_size": 6, "projection_dim": 16},
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "tiny-clip"
+    CLIPModel(config).save_pretrained(path)
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 30},
+                                                                 crop_size={"height": 30, "width": 30}),
+                              tokenizer=tokenizer)
+    processor.save_pretrained(path)
+    return path
+
+
 # ------------------------------------------------------------------------------------- a Hugging Face cache
 def _blob_name(data: bytes, lfs: bool) -> str:
     """The blob's name in huggingface_hub's cache: the SHA-256 of an LFS file, the git blob SHA-1 of the others."""
@@ -153,7 +178,8 @@ class HubCache:
                 shutil.copyfile(file, blob)
             link = snapshot / file.relative_to(folder)
             link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(os.path.relpath(blob, link.parent))
+            if not link.is_symlink():  # the same files under another ref share the snapshot
+                link.symlink_to(os.path.relpath(blob, link.parent))
         (repo / "refs").mkdir(parents=True, exist_ok=True)
         (repo / "refs" / ref).write_text(commit)  # no newline, as huggingface_hub writes it
         self.commits[repo_id] = commit

@@ -189,28 +189,6 @@ def test_real_nudenet_on_blank_images_and_recorded_protocol(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- CLIP score
-@pytest.fixture(scope="module")
-def tiny_clip(tokenizer_path, tmp_path_factory) -> Path:
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
-
-    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_path)
-    config = CLIPConfig(
-        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
-                     "num_attention_heads": 4, "max_position_embeddings": 77, "projection_dim": 16},
-        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
-                       "image_size": 30, "patch_size": 6, "projection_dim": 16},
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("models") / "tiny-clip"
-    CLIPModel(config).save_pretrained(path)
-    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 30},
-                                                                 crop_size={"height": 30, "width": 30}),
-                              tokenizer=tokenizer)
-    processor.save_pretrained(path)
-    return path
-
-
 def test_clip_score_matches_torchmetrics(tiny_clip):
     from torchmetrics.functional.multimodal.clip_score import _clip_score_update
     from torchmetrics.multimodal import CLIPScore
