@@ -21,7 +21,8 @@ from rece_lightning.callbacks import (
     ImageMetric,
     NudeNetMetric,
 )
-from rece_lightning.callbacks.fid import INCEPTION_URL, INCEPTION_WEIGHTS, frechet_distance, inception_weights
+from rece_lightning.callbacks.fid import frechet_distance
+from rece_lightning.callbacks.inception import INCEPTION_URL, INCEPTION_WEIGHTS, inception_weights
 from rece_lightning.callbacks.nudenet import NUDENET_SHA256, RECE_CLASSES, count_detections, nudenet_labels
 from rece_lightning.callbacks.records import merge_records, plain, public
 from rece_lightning.errors import RECEError

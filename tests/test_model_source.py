@@ -139,7 +139,7 @@ def test_fid_preset_without_weights_offline_is_one_line(hub_cache, tmp_path):
     weights file and how to get it), before anything loads and without a run folder."""
     import importlib.util
 
-    from rece_lightning.callbacks.fid import INCEPTION_WEIGHTS
+    from rece_lightning.callbacks.inception import INCEPTION_WEIGHTS
 
     root = tmp_path / "runs"
     env = {**hub_cache.env, "TORCH_HOME": str(tmp_path / "torch"), "https_proxy": "http://127.0.0.1:9",

@@ -8,8 +8,9 @@ Features (exactly one source):
 
 * neither argument (the default): FID proper, torchmetrics' ``NoTrainInceptionV3`` (torch-fidelity's
   ``inception-v3-compat``, uint8 images resized to 299 px) with the standard weights torch-fidelity publishes,
-  :data:`INCEPTION_WEIGHTS`, from torch's hub cache (``$TORCH_HOME/hub/checkpoints``, where torch-fidelity itself
-  caches them), downloaded there once when missing (:func:`inception_weights`); ``feature_extractor_weights_path``
+  ``weights-inception-2015-12-05-6726825d.pth``, from torch's hub cache (``$TORCH_HOME/hub/checkpoints``, where
+  torch-fidelity caches them), downloaded there once when missing (:mod:`~rece_lightning.callbacks.inception`);
+  ``feature_extractor_weights_path``
   gives another copy of them instead. Needs torch-fidelity (``pip install 'rece-lightning[fid]'``, after torchvision
   from torch's own index). The weights are checked to be a plain state dict of tensors
   (``torch.load(weights_only=True)``) before torch-fidelity unpickles them. Logged as ``<prefix>/fid``.
@@ -32,7 +33,6 @@ Reference (``reference``):
 from __future__ import annotations
 
 import importlib.util
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from rece_lightning.callbacks.inception import FID_EXTRA, INCEPTION_URL, INCEPTION_WEIGHTS, inception_weights
 from rece_lightning.callbacks.metric import ImageMetric
 from rece_lightning.callbacks.run import run_dir, warn
 from rece_lightning.errors import RECEError
@@ -50,43 +51,6 @@ from rece_lightning.files import atomic_path, file_sha256
 from rece_lightning.model_source import TESTBED, is_testbed
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-
-INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
-"""The file name of the InceptionV3 FID weights torch-fidelity publishes (converted from TensorFlow's FID Inception)."""
-INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_WEIGHTS}"
-"""Where torch-fidelity downloads them from (``torch_fidelity.feature_extractor_inceptionv3.URL_INCEPTION_V3``)."""
-FID_EXTRA = ("FID with InceptionV3 needs torch-fidelity: install torchvision from the index your torch came from "
-             "(e.g. pip install torchvision --index-url https://download.pytorch.org/whl/cpu), then "
-             "pip install 'rece-lightning[fid]'")
-
-
-def inception_weights(path: str | Path | None = None) -> Path:
-    """The InceptionV3 FID weights: ``path`` when given, else :data:`INCEPTION_WEIGHTS` in torch's hub cache
-    (``torch.hub.get_dir()/checkpoints``, the file torch-fidelity downloads and reuses), downloaded there when missing
-    (``torch.hub.download_url_to_file``: a temporary file, then renamed).
-
-    Raises:
-        RECEError: ``path`` does not exist, or the weights are not cached and cannot be downloaded (offline).
-    """
-    if path is not None:
-        file = Path(path).expanduser()
-        if not file.is_file():
-            raise RECEError(f"InceptionV3 weights {file} do not exist; give torch-fidelity's {INCEPTION_WEIGHTS} "
-                            "or leave feature_extractor_weights_path unset to use torch's hub cache")
-        return file
-    file = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS
-    if file.is_file():
-        return file
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(INCEPTION_URL, str(file), progress=sys.stderr.isatty())
-    except Exception as err:  # urllib raises URLError, HTTPError, OSError, timeouts …
-        reason = " ".join(str(getattr(err, "reason", None) or err).split())[:120]
-        raise RECEError(f"FID: the InceptionV3 weights {INCEPTION_WEIGHTS} are not in torch's hub cache "
-                        f"({file.parent}) and could not be downloaded ({reason}); download {INCEPTION_URL} into "
-                        "that folder, or set feature_extractor_weights_path to a copy") from err
-    return file
-
 
 class _Passthrough(nn.Module):
     """Feature "extractor" for torchmetrics' FID that receives features already computed."""
