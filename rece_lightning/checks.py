@@ -153,10 +153,11 @@ def shown_path(path: Path) -> str:
 
 
 def check_model_sources(config: Any) -> None:
-    """Resolve every model a ``rece`` call names before anything is loaded: ``model.pretrained`` (a local diffusers
-    folder, a Hugging Face Hub id — looked up in the user's cache, downloaded when online — or the testbed; see
-    :mod:`rece_lightning.model_source`) and the models of the configured callbacks, through their class method
-    ``check_sources(init_args)`` when they have one (e.g. the CLIP score's model, FID's Inception weights).
+    """Resolve every model a ``rece`` call names before anything is loaded: ``model.pretrained`` when it is a Hugging
+    Face Hub id (looked up in the user's cache, downloaded when online; see :mod:`rece_lightning.model_source`; a local
+    folder is checked when the model loads, after its settings) and the models of the configured callbacks, through
+    their class method ``check_sources(init_args)`` when they have one (the CLIP score's model, FID's Inception
+    weights).
 
     Args:
         config: the parsed configuration of the subcommand (``model.pretrained``, ``trainer.callbacks``).
@@ -164,12 +165,11 @@ def check_model_sources(config: Any) -> None:
     Raises:
         RECEError: a model that is missing (offline, not on the Hub, not a pipeline folder …), in one line.
     """
-    from rece_lightning.model_source import is_testbed
-    from rece_lightning.pipeline import pipeline_folder
+    from rece_lightning.model_source import hub_id, resolve
 
     pretrained = config.get("model.pretrained")
-    if pretrained is not None and not is_testbed(pretrained):
-        pipeline_folder(str(pretrained))
+    if pretrained is not None and hub_id(str(pretrained)) is not None:  # local folders are read when the model loads
+        resolve(str(pretrained), "model.pretrained")
     for callback in config.get("trainer.callbacks") or []:
         class_path = _get(callback, "class_path")
         if not isinstance(class_path, str) or "." not in class_path:

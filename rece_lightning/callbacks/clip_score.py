@@ -17,6 +17,7 @@ cache, downloaded there when online (only its configs, processor files and safet
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,7 @@ class CLIPScoreMetric(ImageMetric):
         super().__init__(name, prefix, save_json, sources)
         self.source = self.check_sources({"model_name_or_path": model_name_or_path})
         assert self.source.folder is not None
-        self.folder = check_local_model(self.source.folder, "CLIP model")
+        self.folder = self.source.folder
         if batch_size < 1:
             raise RECEError(f"batch_size must be ≥ 1, got {batch_size}")
         self.text_column, self.batch_size = text_column, batch_size
@@ -105,7 +106,7 @@ class CLIPScoreMetric(ImageMetric):
         if source.folder is None:
             raise RECEError(f"CLIPScoreMetric model_name_or_path {spec!r} is not a CLIP model; give a Hugging Face "
                             f"Hub id (e.g. {DEFAULT_CLIP_MODEL}) or a local folder")
-        return source
+        return replace(source, folder=check_local_model(source.folder, "CLIP model"))
 
     def prepare(self, pl_module: L.LightningModule | None = None) -> None:
         if self.model is None:
