@@ -152,8 +152,10 @@ def _download(repo_id: str, revision: str | None, kind: Kind, cache: str, offlin
 
 def _failure(what: str, repo_id: str, revision: str | None, err: Exception) -> str:
     """One line: which argument, which id, why, and the command that fetches it."""
-    from huggingface_hub import constants
+    from huggingface_hub import constants, errors
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    incomplete = getattr(errors, "IncompleteSnapshotError", ())  # huggingface_hub ≥ 2 checks cached snapshots
 
     name = repo_id + (f"@{revision}" if revision else "")
     fetch = f"fetch it online with `{download_command(repo_id, revision)}` (into the same HF_HOME)"
@@ -165,6 +167,11 @@ def _failure(what: str, repo_id: str, revision: str | None, err: Exception) -> s
     if isinstance(err, RepositoryNotFoundError):
         return (f"{what} {name}: neither a local folder nor a model on the Hugging Face Hub; give a local folder, "
                 f"a Hub id (org/name or org/name@revision) or '{TESTBED}'")
+    if isinstance(err, incomplete):
+        missing = re.search(r"(\d+) file\(s\) are missing \(([^)]*)\)", str(err))
+        detail = f" ({missing.group(1)} files missing: {missing.group(2)})" if missing else ""
+        return (f"{what} {name} is only partly in the Hugging Face cache ({constants.HF_HUB_CACHE}){detail}; complete "
+                f"it online with `{download_command(repo_id, revision)}` (into the same HF_HOME), or give a local folder")
     if constants.HF_HUB_OFFLINE:
         return (f"{what} {name} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1 "
                 f"forbids downloads; {fetch}, or give a local folder")

@@ -10,8 +10,10 @@ use another folder than ``../shared`` (a missing path hides it, as in a plain cl
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,8 +162,13 @@ class HubCache:
         return {**{k: v for k, v in os.environ.items() if k not in drop},
                 "HF_HOME": str(self.home), "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
-    def add(self, repo_id: str, folder: Path, ref: str = "main") -> Path:
-        """Put the files of ``folder`` in the cache as repository ``repo_id`` at branch ``ref``; its snapshot folder."""
+    def add(self, repo_id: str, folder: Path, ref: str = "main", downloaded: Callable[[str], bool] | None = None) -> Path:
+        """Put the files of ``folder`` in the cache as repository ``repo_id`` at branch ``ref``; its snapshot folder.
+
+        As huggingface_hub ≥ 2 does after a download, the repository's file listing is kept in ``trees/<commit>.json``
+        (it lets huggingface_hub tell a partial snapshot offline). ``downloaded`` (a predicate on the file's path in
+        the repository) leaves the other files listed but not downloaded, like ``hf download --exclude``.
+        """
         lfs = (".safetensors", ".bin", ".pth", ".onnx", ".msgpack", ".h5")
         files = sorted(p for p in folder.rglob("*") if p.is_file())
         listing = hashlib.sha1()
@@ -170,8 +177,15 @@ class HubCache:
         commit = listing.hexdigest()
         repo = self.hub / f"models--{repo_id.replace('/', '--')}"
         snapshot = repo / "snapshots" / commit
+        tree: dict[str, dict[str, object]] = {}
         for file in files:
             data = file.read_bytes()
+            name = file.relative_to(folder).as_posix()
+            tree[name] = {"size": len(data), "blob_id": _blob_name(data, lfs=False)}
+            if file.suffix in lfs:
+                tree[name].update(lfs_sha256=_blob_name(data, lfs=True), lfs_size=len(data))
+            if downloaded is not None and not downloaded(name):
+                continue
             blob = repo / "blobs" / _blob_name(data, file.suffix in lfs)
             blob.parent.mkdir(parents=True, exist_ok=True)
             if not blob.exists():
@@ -180,6 +194,8 @@ class HubCache:
             link.parent.mkdir(parents=True, exist_ok=True)
             if not link.is_symlink():  # the same files under another ref share the snapshot
                 link.symlink_to(os.path.relpath(blob, link.parent))
+        (repo / "trees").mkdir(parents=True, exist_ok=True)
+        (repo / "trees" / f"{commit}.json").write_text(json.dumps({"format_version": 1, "files": tree}))
         (repo / "refs").mkdir(parents=True, exist_ok=True)
         (repo / "refs" / ref).write_text(commit)  # no newline, as huggingface_hub writes it
         self.commits[repo_id] = commit

@@ -83,6 +83,41 @@ def test_resolve_reads_the_cache_through_huggingface_hub(tiny_sd1, tiny_clip, hu
         resolve("org/tiny-sd@v2", "model.pretrained")
 
 
+LEAN_FETCH = ("*.bin", "*.msgpack", "*.fp16.*")
+"""What the lean command of docs/models.md leaves out (``hf download … --exclude`` each)."""
+
+
+def test_lean_fetch_satisfies_diffusers_and_a_partial_snapshot_is_named(tiny_sd1, hub_cache, monkeypatch, tmp_path):
+    """A repository with pickled, Flax and fp16 copies beside the safetensors weights, fetched without them (the
+    command in docs/models.md): diffusers' own offline look-up accepts it. Without one weight it is refused in one
+    line that names the missing file."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import filter_repo_objects
+
+    import rece_lightning.model_source as model_source
+
+    docs = (REPO / "docs" / "models.md").read_text()
+    assert "hf download CompVis/stable-diffusion-v1-4 " + " ".join(f'--exclude "{p}"' for p in LEAN_FETCH) in docs
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache.hub))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_sd1, repo)
+    for part in ("unet", "vae", "text_encoder"):
+        for extra in ("weights.bin", "flax_model.msgpack", "diffusion_pytorch_model.fp16.safetensors"):
+            (repo / part / extra).write_bytes(b"not fetched")
+    names = sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file())
+    lean = set(filter_repo_objects(names, ignore_patterns=list(LEAN_FETCH)))
+    assert len(lean) == len(names) - 9
+    snapshot = hub_cache.add("org/lean", repo, downloaded=lean.__contains__)
+    assert resolve("org/lean", "model.pretrained").folder == snapshot
+    model_source._download.cache_clear()
+    (snapshot / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(RECEError) as err:
+        resolve("org/lean", "model.pretrained")
+    assert "only partly in the Hugging Face cache" in str(err.value)
+    assert "unet/diffusion_pytorch_model.safetensors" in str(err.value) and "`hf download org/lean`" in str(err.value)
+
+
 # ------------------------------------------------------------------------------- the real command, by Hub id
 @pytest.fixture(scope="module")
 def hub_run(tiny_sd1, tiny_clip, tmp_path_factory) -> tuple[HubCache, Path, subprocess.CompletedProcess, str]:
