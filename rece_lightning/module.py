@@ -31,6 +31,7 @@ from rece_lightning.editor import KVEditor
 from rece_lightning.family import ModelFamily
 from rece_lightning.generation import generate
 from rece_lightning.image_store import ImageStore, fingerprint
+from rece_lightning.model_source import TESTBED
 from rece_lightning.pipeline import attach_denoiser, load_family, resolve_dtype
 from rece_lightning.recipe import ORIGINAL, Recipe, read_preserve_csv
 from rece_lightning.robust import RobustConfig
@@ -97,7 +98,7 @@ class RECEModule(L.LightningModule):
 
     def __init__(
         self,
-        pretrained: str = "testbed",
+        pretrained: str = TESTBED,
         concepts: list[str] | None = None,
         anchor: str | list[str] = " ",
         uce: UCEConfig = UCEConfig(),  # noqa: B008 (never mutated; a dataclass default gives nested CLI keys)
