@@ -61,8 +61,8 @@ class RECEModule(L.LightningModule):
 
     Args:
         pretrained: a local diffusers pipeline folder, a Hugging Face Hub id (``org/name`` or ``org/name@revision``,
-            resolved in the user's cache: :mod:`rece_lightning.model_source`), or ``"testbed"`` (the embedded
-            default model).
+            from the user's Hugging Face cache, downloaded there when online), or ``"testbed"`` (the embedded default
+            model).
         concepts: texts to erase, e.g. ``["nudity"]``.
         anchor: what each concept is mapped to: one text for all, or one per concept (official default ``" "``).
         uce: the first edit.
