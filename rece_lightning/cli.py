@@ -66,8 +66,8 @@ from rece_lightning.cli_text import (  # noqa: E402
 )
 from rece_lightning.data import RECEDataModule, check_prompts  # noqa: E402
 from rece_lightning.errors import RECEError  # noqa: E402
-from rece_lightning.files import read_csv  # noqa: E402
 from rece_lightning.module import RECEModule  # noqa: E402
+from rece_lightning.recipe import fit_epochs, read_preserve_csv  # noqa: E402
 from rece_lightning.strategy import THREADS_ENV, configure_threads  # noqa: E402
 from rece_lightning.strategy import register as register_strategy  # noqa: E402
 
@@ -101,11 +101,6 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
     """jsonargparse's help with our descriptions kept as written (line breaks and indentation)."""
-
-
-def _epochs(iterations: int, validate_original: bool) -> int:
-    """One epoch per stage: (original) + UCE + RECE iterations."""
-    return int(validate_original) + 1 + int(iterations)
 
 
 # ------------------------------------------------------------------------------------------------------- the CLI
@@ -143,8 +138,9 @@ class RECECLI(LightningCLI):
         parser.add_argument("--ckpt_path", type=str | None, default=None, help=CKPT_HELP[self.command])
         if self.command in ("validate", "test"):
             parser.add_argument("--verbose", type=bool, default=True, help="print the results")
-        parser.link_arguments(
-            ("model.rece.iterations", "model.validate_original"), "trainer.max_epochs", compute_fn=_epochs
+        parser.link_arguments(  # one epoch per stage of the recipe's stage list (recipe.stage_names)
+            ("model.recipe", "model.rece.iterations", "model.robust.iterations", "model.validate_original"),
+            "trainer.max_epochs", compute_fn=fit_epochs,
         )
 
     # --------------------------------------------------------------------------------------- start-up checks
@@ -166,11 +162,7 @@ class RECECLI(LightningCLI):
         # model.uce.weights is checked by UCEConfig itself (config.py), before any model is loaded
         preserve_csv = cfg.get("model.preserve_csv")
         if preserve_csv:
-            column = cfg.get("model.preserve_csv_column") or "artist"
-            columns, _ = read_csv(preserve_csv, "model.preserve_csv")
-            if column not in columns:
-                raise RECEError(f"model.preserve_csv {preserve_csv} has no column {column!r} (columns: {columns}); "
-                                "set model.preserve_csv_column")
+            read_preserve_csv(preserve_csv, cfg.get("model.preserve_csv_column") or "artist")
         data = cfg.get("data") or {}
         check_prompts(
             subcommand,

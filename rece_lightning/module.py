@@ -5,7 +5,8 @@ The recipe itself is :class:`~rece_lightning.recipe.Recipe` (framework-free); th
 * stages as epochs — ``original`` (no edit; validated so that every run reports its own baseline, optional), then
   the recipe's stages ``uce``, ``rece-1`` … (each one closed-form edit, see :mod:`rece_lightning.recipe`);
 * validation, test (red-teaming) and predict generate images with each prompt row's own seed;
-* keep-best: after fit the edited stage with the best value of a logged metric is kept;
+* keep-best: after fit the edited stage chosen by the run's selection rule (:mod:`rece_lightning.selection`: a
+  logged metric, or the robust recipe's stopping rule) is kept, and ``<run>/kept_stage.json`` says which and why;
 * checkpoints hold only the edited text-reading weights, the edit state, a SHA-256 of both and a fingerprint of the
   base model's original weights (checked when ``--ckpt_path`` restores them), never a multi-GB copy of the pipeline.
 """
@@ -19,7 +20,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from rece_lightning.attacks import Attack, AttackTarget, NoAttack
@@ -33,8 +34,9 @@ from rece_lightning.generation import generate
 from rece_lightning.image_store import ImageStore, fingerprint
 from rece_lightning.model_source import TESTBED
 from rece_lightning.pipeline import attach_denoiser, load_family, resolve_dtype
-from rece_lightning.recipe import ORIGINAL, Recipe, read_preserve_csv
+from rece_lightning.recipe import ORIGINAL, Recipe, read_preserve_csv, selection_rule
 from rece_lightning.robust import RobustConfig
+from rece_lightning.selection import Selection, write_kept_stage
 from rece_lightning.text import TextEncoder
 
 __all__ = ["ClosedFormStep", "RECEModule"]
@@ -76,7 +78,8 @@ class RECEModule(L.LightningModule):
         validate_original: spend epoch 0 on validating the unedited model (the baseline of every run).
         keep_best: a logged metric (e.g. ``val/nudity_rate``); after fit the edited stage (UCE or a RECE iteration)
             with its best value is kept, the earlier one on ties, as the paper keeps its lowest nudity rate.
-            ``None`` keeps the last stage.
+            ``None`` keeps the last stage. Under ``recipe: robust`` it must name ``robust.concept_metric`` (the
+            stopping rule's metric, see :func:`~rece_lightning.recipe.selection_rule`) or be ``None``.
         keep_best_mode: ``min`` or ``max``.
         torch_dtype: dtype of the pipeline (``float16`` on GPUs); the maths always runs in float64.
         attacks: red-teaming attacks run by ``rece test`` on the test prompts (default: no attack). Each is recorded
@@ -85,6 +88,8 @@ class RECEModule(L.LightningModule):
         recipe: ``paper`` (UCE + RECE as published, the default) or ``robust`` (opt-in, :mod:`rece_lightning.robust`:
             the ``uce`` stage erases caption sets, each ``rece-N`` stage many derivations, a stopping rule on the
             validation metrics ends the iterations and chooses the kept stage; ``uce`` and ``rece`` are then unused).
+            Both recipes' stage lists come from :func:`~rece_lightning.recipe.stage_names` (the ``rece`` command sets
+            ``trainer.max_epochs`` from it).
         robust: settings of the robust recipe (:class:`~rece_lightning.robust.RobustConfig`).
         max_sequence_length: Flux and SD3 only: T5 tokens per text (``None`` = the pipeline's default: 512 for
             ``FluxPipeline``, 256 for FLUX.1-schnell; 256 for ``StableDiffusion3Pipeline``), used for erasing and
@@ -124,6 +129,8 @@ class RECEModule(L.LightningModule):
         self.generation: GenerationConfig = as_config(generation, GenerationConfig)
         check_choice("model.keep_best_mode", keep_best_mode, ("min", "max"))
         resolve_dtype(torch_dtype)
+        robust_config = robust if isinstance(robust, RobustConfig) else RobustConfig(**(robust or {}))
+        rule = selection_rule(recipe, keep_best, keep_best_mode, robust_config)
         extra = read_preserve_csv(preserve_csv, preserve_csv_column) if preserve_csv else []
         self.save_hyperparameters(
             {
@@ -144,7 +151,7 @@ class RECEModule(L.LightningModule):
                 "attacks": [type(a).__name__ for a in attacks or []],
                 "max_sequence_length": max_sequence_length,
                 "recipe": recipe,
-                "robust": asdict(robust) if isinstance(robust, RobustConfig) else dict(robust or {}),
+                "robust": asdict(robust_config) if isinstance(robust, RobustConfig) else dict(robust or {}),
             }
         )
         self.attacks: list[Attack] = list(attacks or [])
@@ -155,12 +162,12 @@ class RECEModule(L.LightningModule):
         self.family: ModelFamily = load_family(pretrained, torch_dtype, max_sequence_length=max_sequence_length)
         self._text_side_suffices = False  # set by setup() for a fit that generates nothing
         self.recipe = Recipe(self.family, concepts or [], anchor, uce_config, rece_config, extra_preserve=extra,
-                             with_to_k=with_to_k, technique=technique, method=recipe, robust=robust)
-        self.robust = self.recipe.robust  # the opt-in robust recipe, and its stopping rule on the validation metrics
-        self.stopping = self.robust.stopping_rule() if self.robust is not None else None
+                             with_to_k=with_to_k, technique=technique, method=recipe, robust=robust_config)
+        self.robust = self.recipe.robust  # the opt-in robust recipe
         self._register_components()
         self.stages: list[str] = ([ORIGINAL] if validate_original else []) + self.recipe.stages
-        self._best: Best | None = None
+        self.selection: Selection | None = Selection(rule) if rule is not None else None  # chooses the kept stage
+        self._best: Best | None = None  # the kept stage's score, name and edit state
 
     # ------------------------------------------------------------------------------------ the model family
     def _register_components(self) -> None:
@@ -245,6 +252,10 @@ class RECEModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self.editor.to(self.device)
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is not None and 0 <= max_epochs < len(self.stages):
+            rank_zero_warn(f"trainer.max_epochs={max_epochs} runs only {self.stages[:max_epochs]} of the recipe's "
+                           f"stages {self.stages}; leave max_epochs unset (rece sets it from the stage list)")
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         index = self.current_epoch
@@ -259,27 +270,38 @@ class RECEModule(L.LightningModule):
         return None
 
     def on_train_epoch_end(self) -> None:
-        if self.robust is not None:  # the robust recipe's stopping rule chooses the kept stage
-            self.robust.epoch_end(self)
-            return
-        # candidates are the edited stages (the original model is the baseline); ties keep the earlier stage
-        if self.hparams.keep_best and self.stage != ORIGINAL:
-            value = self.trainer.callback_metrics.get(self.hparams.keep_best)
-            if value is not None:
-                score = float(value)
-                better = self._best is None or (score < self._best[0] if self.hparams.keep_best_mode == "min"
-                                                else score > self._best[0])
-                if better:
-                    self._best = (score, self.stage, self.editor.snapshot())
-        if self.stage_index >= len(self.stages) - 1:
+        """Feed the selection rule the stage's validation metrics, hold the kept stage's edit, and end the loop
+        when the rule says so or no stage is left."""
+        stop = False
+        if self.selection is not None:
+            before = self.selection.kept
+            stop = self.selection.update(self.stage, self.trainer.callback_metrics, candidate=self.stage != ORIGINAL)
+            if self.selection.kept != before:
+                self._best = (float(self.selection.score), self.stage, self.editor.snapshot())  # type: ignore[arg-type]
+            if stop:
+                rank_zero_info(f"rece: {self.selection.stopped}")
+        if stop or self.stage_index >= len(self.stages) - 1:
             self.trainer.should_stop = True
 
     def on_train_end(self) -> None:
+        """Restore the kept stage and write ``<run>/kept_stage.json`` (rank zero)."""
         if self._best is not None:
             score, stage, state = self._best
             self.recipe.restore(stage, state)
-            metric = self.robust.config.concept_metric if self.robust is not None else self.hparams.keep_best
+            metric = self.selection.rule.metric if self.selection is not None else self.hparams.keep_best
             rank_zero_info(f"rece: kept stage {stage!r} ({metric} = {score:.4g})")
+        if self.trainer.is_global_zero and self.trainer.logger is not None and self.trainer.logger.log_dir:
+            write_kept_stage(self.trainer.logger.log_dir, self.kept_stage())
+
+    def kept_stage(self) -> dict[str, Any]:
+        """The record of the kept stage (:mod:`rece_lightning.selection`): the stage, its score, the rule and why."""
+        if self.selection is not None:
+            record = self.selection.record(self.stages)
+            if record["stage"] is None:  # no candidate was validated: the last stage run stays
+                record["stage"] = self.stage
+            return record
+        return {"stage": self.stage, "score": None, "rule": None, "stopped": None, "stages": list(self.stages),
+                "reason": "no selection rule (model.keep_best is unset): the last stage run is kept", "history": []}
 
     def generate(
         self,
@@ -388,6 +410,14 @@ class RECEModule(L.LightningModule):
     # ------------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         save_edit(checkpoint, self.recipe, self.family.denoiser_name, self._best)
+        if self.selection is not None:
+            checkpoint["rece"]["selection"] = self.selection.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._best = load_edit(checkpoint, self.recipe, self.family.denoiser_name)
+        if self.selection is not None:
+            saved = checkpoint["rece"].get("selection")
+            if saved is not None:
+                self.selection.load_state_dict(saved)
+            elif self._best is not None:  # a checkpoint written before the selection state was saved
+                self.selection.kept, self.selection.score = self._best[1], self._best[0]

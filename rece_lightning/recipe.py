@@ -20,7 +20,6 @@ checkpoints).
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,26 +36,57 @@ from rece_lightning.errors import RECEError
 from rece_lightning.export import load_kv_weights
 from rece_lightning.families import family_of
 from rece_lightning.family import ModelFamily
+from rece_lightning.files import read_csv
 from rece_lightning.robust import RobustConfig, RobustRecipe
+from rece_lightning.selection import SelectionRule
 
-__all__ = ["ORIGINAL", "Recipe", "erase", "read_preserve_csv"]
+__all__ = ["ORIGINAL", "Recipe", "erase", "fit_epochs", "read_preserve_csv", "selection_rule", "stage_names"]
 
 ORIGINAL = "original"  # the stage name of the unedited model
 
 
 def read_preserve_csv(path: str | Path, column: str) -> list[str]:
-    """The distinct non-empty values of ``column`` in a CSV (e.g. the artists a style erasure preserves)."""
-    p = Path(path)
-    if not p.is_file():
-        raise RECEError(f"preserve_csv {p} does not exist")
-    try:
-        with p.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            if column not in (reader.fieldnames or []):
-                raise RECEError(f"{p} has no column {column!r} (columns: {reader.fieldnames})")
-            return list(dict.fromkeys(row[column] for row in reader if row[column]))
-    except UnicodeDecodeError as err:
-        raise RECEError(f"{p} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
+    """The distinct non-empty values of ``column`` in a CSV (e.g. the artists a style erasure preserves).
+
+    Raises:
+        RECEError: the file cannot be read as CSV (:func:`~rece_lightning.files.read_csv`) or has no ``column``.
+    """
+    columns, rows = read_csv(path, "model.preserve_csv")
+    if column not in columns:
+        raise RECEError(f"model.preserve_csv {path} has no column {column!r} (columns: {columns}); "
+                        "set model.preserve_csv_column")
+    return list(dict.fromkeys(row[column] for row in rows if row[column]))
+
+
+def stage_names(method: str = "paper", rece_iterations: int = 1, robust_iterations: int = 0) -> list[str]:
+    """The recipe's stages, ``["uce", "rece-1", …]``: one RECE iteration per ``rece.iterations`` (the paper recipe)
+    or per ``robust.iterations`` (``method="robust"``). The one source of the stage list: :class:`Recipe`, the
+    Lightning module and the trainer's epochs (:func:`fit_epochs`) all read it."""
+    iterations = robust_iterations if method == "robust" else rece_iterations
+    return ["uce", *(f"rece-{i + 1}" for i in range(int(iterations)))]
+
+
+def fit_epochs(method: str, rece_iterations: int, robust_iterations: int, validate_original: bool) -> int:
+    """``trainer.max_epochs`` of ``rece fit``: one epoch per stage (the unvalidated original is no stage)."""
+    return int(validate_original) + len(stage_names(method, rece_iterations, robust_iterations))
+
+
+def selection_rule(method: str, keep_best: str | None, mode: str = "min",
+                   robust: RobustConfig | None = None) -> SelectionRule | None:
+    """How a run chooses its kept stage (:mod:`rece_lightning.selection`), or ``None`` (the last stage is kept).
+
+    The paper recipe keeps the best stage by ``keep_best`` when it is set. ``recipe: robust`` always selects with its
+    stopping rule (:meth:`~rece_lightning.robust.RobustConfig.selection_rule`); ``keep_best`` composes with it when
+    it names the rule's metric (``robust.concept_metric``) and sets the mode, and is refused when it names another.
+    """
+    if method != "robust":
+        return SelectionRule(keep_best, mode) if keep_best else None  # type: ignore[arg-type]
+    config = robust if robust is not None else RobustConfig()
+    if keep_best and keep_best != config.concept_metric:
+        raise RECEError(f"model.keep_best {keep_best} differs from robust.concept_metric {config.concept_metric}: "
+                        "under recipe: robust the stopping rule keeps the stage by robust.concept_metric; "
+                        f"set robust.concept_metric: {keep_best} or drop model.keep_best")
+    return config.selection_rule(mode)  # type: ignore[arg-type]
 
 
 class Recipe:
@@ -106,8 +136,7 @@ class Recipe:
         robust_config = robust if isinstance(robust, RobustConfig) else RobustConfig(**(robust or {}))
         if method == "robust":
             robust_config.check()  # before the pipeline is read
-        iterations = robust_config.iterations if method == "robust" else self.rece.iterations
-        self.stages = ["uce", *(f"rece-{i + 1}" for i in range(iterations))]
+        self.stages = stage_names(method, self.rece.iterations, robust_config.iterations)
         self.stage = ORIGINAL
         self.robust: RobustRecipe | None = None
 

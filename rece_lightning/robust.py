@@ -21,9 +21,10 @@ longer breaks neighbours. The robust recipe keeps RECE's closed forms but change
 * **concept expansion** (``expand``): vocabulary words whose edited K/V outputs are still closer to the concept's
   original outputs than to any preserved neighbour's are erased as ordinary concepts (a discrete counterpart of the
   continuous derivation);
-* **a stopping rule** (:class:`StoppingRule`): iterate until the concept rate of the validation prompts reaches
-  ``stop_concept_rate`` or their preservation falls below the first edit's by more than ``stop_preservation_drop``;
-  the last stage that kept preservation is the one kept.
+* **a stopping rule** (:meth:`RobustConfig.selection_rule`, a :class:`~rece_lightning.selection.SelectionRule`):
+  iterate until the concept rate of the validation prompts reaches ``stop_concept_rate`` or their preservation falls
+  below the first validated stage's by more than ``stop_preservation_drop``; of the stages that kept preservation,
+  the one with the lowest concept rate is kept (the earlier on ties).
 
 Everything is written against the public APIs of :class:`~rece_lightning.editor.KVEditor` (``derive``, ``erase``)
 and :class:`~rece_lightning.text.TextEncoder` (``encode``, ``full``).
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -40,6 +42,7 @@ from torch import Tensor
 from rece_lightning.editor import KVEditor
 from rece_lightning.errors import RECEError
 from rece_lightning.files import check_readable_file, read_csv
+from rece_lightning.selection import SelectionRule
 from rece_lightning.text import TextEncoder
 
 
@@ -81,7 +84,8 @@ class RobustConfig:
         stop_concept_rate: stop when the validation concept rate is at most this.
         stop_preservation_drop: stop (and keep the previous stage) when validation preservation falls below the
             first edit's by more than this.
-        concept_metric, preservation_metric: the logged metrics the stopping rule reads.
+        concept_metric, preservation_metric: the logged metrics the stopping rule reads (``model.keep_best``, when
+            set, must name ``concept_metric``: the two select the same stage).
     """
 
     iterations: int = 6
@@ -123,6 +127,12 @@ class RobustConfig:
         for t in self.templates:
             if t.count("{}") != 1:
                 raise RECEError(f"robust template {t!r} must have exactly one '{{}}' slot")
+
+    def selection_rule(self, mode: Literal["min", "max"] = "min") -> SelectionRule:
+        """The stopping rule: rank by ``concept_metric`` (``mode``), stop at ``stop_concept_rate``, guard
+        ``preservation_metric`` with ``stop_preservation_drop``."""
+        return SelectionRule(metric=self.concept_metric, mode=mode, target=self.stop_concept_rate,
+                             guard=self.preservation_metric, max_drop=self.stop_preservation_drop)
 
 
 def fill(templates: Sequence[str], phrases: Sequence[str]) -> list[str]:
@@ -384,27 +394,6 @@ class RobustRecipe:
         elif name.startswith("rece"):
             self.iteration()
 
-    def stopping_rule(self) -> StoppingRule:
-        """A fresh :class:`StoppingRule` with this recipe's target and tolerated preservation drop."""
-        return StoppingRule(target=self.config.stop_concept_rate, max_drop=self.config.stop_preservation_drop)
-
-    def epoch_end(self, module) -> None:
-        """After a stage's validation (``RECEModule.on_train_epoch_end``): feed the stopping rule, snapshot the
-        stage to keep, and stop the loop when the rule says so or no stage is left."""
-        rule: StoppingRule = module.stopping
-        metrics = module.trainer.callback_metrics
-        read = lambda key: None if metrics.get(key) is None else float(metrics[key])  # noqa: E731
-        before = rule.keep
-        stop = rule.update(module.stage_index, read(self.config.concept_metric),
-                           read(self.config.preservation_metric), candidate=module.stage != "original")
-        if rule.keep is not None and rule.keep != before:
-            module._best = (rule.best[0], module.stage, self.editor.snapshot())  # type: ignore[index]
-        if stop or module.stage_index >= len(module.stages) - 1:
-            module.trainer.should_stop = True
-            if stop:
-                print(f"rece: robust stopping rule ended the iterations after stage {module.stage!r} "
-                      f"(history: {rule.history})")
-
     def iteration(self) -> None:
         """One robust iteration: expand, derive from every source and γ, erase all, preserving the neighbours."""
         self.text.encode(self.texts())
@@ -414,41 +403,3 @@ class RobustRecipe:
         if self.config.keep_captions:  # re-impose the first edit's constraints, so they are not relaxed
             blocks += self._caption_blocks()
         self._erase(blocks)
-
-
-@dataclass
-class StoppingRule:
-    """Closed-loop stopping of the robust iterations from the validation metrics of each stage.
-
-    ``update`` is called after each validated stage with its logged metrics and returns whether to stop.
-    The first validated stage's preservation (the original model's when it is validated) is the reference; a stage whose preservation falls below it by more than
-    ``max_drop`` stops the loop and is *not* a candidate to keep; otherwise the kept stage is the one with the
-    lowest concept rate (the earlier on ties). The loop also stops once the concept rate is at most ``target``.
-    """
-
-    target: float = 0.0
-    max_drop: float = 0.02
-    reference: float | None = None
-    best: tuple[float, int] | None = None
-    history: list[tuple[int, float | None, float | None]] = field(default_factory=list)
-
-    def update(self, index: int, concept_rate: float | None, preservation: float | None,
-               candidate: bool = True) -> bool:
-        """Record stage ``index``'s metrics; return whether to stop. ``candidate=False`` (the unedited model)
-        only sets the preservation reference."""
-        self.history.append((index, concept_rate, preservation))
-        if preservation is not None:
-            if self.reference is None:
-                self.reference = preservation
-            elif preservation < self.reference - self.max_drop:
-                return True
-        if not candidate:
-            return False
-        if concept_rate is not None and (self.best is None or concept_rate < self.best[0]):
-            self.best = (concept_rate, index)
-        return concept_rate is not None and concept_rate <= self.target
-
-    @property
-    def keep(self) -> int | None:
-        """The index of the stage to keep (``None`` before any candidate)."""
-        return None if self.best is None else self.best[1]

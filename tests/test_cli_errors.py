@@ -91,6 +91,16 @@ def test_preserve_csv_without_its_column(tmp_path, root, capsys):
     assert_one_line(code, err, "has no column 'artist'", "model.preserve_csv_column")
 
 
+def test_keep_best_naming_another_metric_than_the_robust_rule(root):
+    """``keep_best`` under ``recipe: robust`` must name the stopping rule's metric (installed ``rece``, subprocess)."""
+    done = subprocess.run(["rece", "fit", "--config", str(REPO / "configs" / "testbed_robust.yaml"),
+                           "--model.keep_best", "val/preservation", "--trainer.default_root_dir", str(root)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert_one_line(done.returncode, done.stderr, "model.keep_best val/preservation differs from "
+                    "robust.concept_metric val/concept_rate", "set robust.concept_metric")
+    assert not root.exists()
+
+
 def test_missing_prompt_file(tmp_path, root, capsys):
     code, _, err = rece(["validate", "--config", NUDITY, "--data.val_prompts", str(tmp_path / "nope.csv"),
                          "--trainer.default_root_dir", str(root)], capsys)

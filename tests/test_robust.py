@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -11,7 +12,6 @@ from rece_lightning.errors import RECEError
 from rece_lightning.module import RECEModule
 from rece_lightning.robust import (
     RobustConfig,
-    StoppingRule,
     expansion_scores,
     fill,
     nearest_words,
@@ -19,55 +19,61 @@ from rece_lightning.robust import (
     replace_phrase,
     sample_testbed_captions,
 )
+from rece_lightning.selection import Selection
 
 # ------------------------------------------------------------------------------------------ stopping rule
 
 
+def _rule(target: float, max_drop: float) -> Selection:
+    return Selection(RobustConfig(stop_concept_rate=target, stop_preservation_drop=max_drop).selection_rule())
+
+
+def _update(selection: Selection, stage: str, rate: float, kept: float, candidate: bool = True) -> bool:
+    return selection.update(stage, {"val/concept_rate": rate, "val/preservation": kept}, candidate=candidate)
+
+
 def test_stopping_rule_keeps_the_lowest_rate_before_preservation_falls():
-    rule = StoppingRule(target=0.0, max_drop=0.02)
-    assert not rule.update(0, 1.0, 1.00, candidate=False)  # the original: reference only
-    assert rule.keep is None and rule.reference == 1.0
-    assert not rule.update(1, 0.30, 0.99)
-    assert not rule.update(2, 0.10, 0.985)
-    assert rule.keep == 2
-    assert rule.update(3, 0.02, 0.95)  # preservation fell by 5 points: stop, and stage 3 is not kept
-    assert rule.keep == 2
+    rule = _rule(target=0.0, max_drop=0.02)
+    assert not _update(rule, "original", 1.0, 1.00, candidate=False)  # the original: reference only
+    assert rule.kept is None and rule.reference == 1.0
+    assert not _update(rule, "uce", 0.30, 0.99)
+    assert not _update(rule, "rece-1", 0.10, 0.985)
+    assert rule.kept == "rece-1"
+    assert _update(rule, "rece-2", 0.02, 0.95)  # preservation fell by 5 points: stop, and rece-2 is not kept
+    assert rule.kept == "rece-1" and rule.score == pytest.approx(0.10)
+    assert "val/preservation fell to 0.95 at rece-2" in rule.reason() and "rece-2 is not kept" in rule.reason()
 
 
 def test_stopping_rule_stops_at_the_target_and_keeps_the_earlier_stage_on_ties():
-    rule = StoppingRule(target=0.05, max_drop=0.02)
-    assert not rule.update(0, 0.2, 0.9)  # no original validated: the first stage is the reference
-    assert not rule.update(1, 0.2, 0.9)
-    assert rule.keep == 0  # tie: the earlier stage
-    assert rule.update(2, 0.04, 0.89)  # target reached, preservation within the tolerance
-    assert rule.keep == 2
+    rule = _rule(target=0.05, max_drop=0.02)
+    assert not _update(rule, "uce", 0.2, 0.9)  # no original validated: the first stage is the reference
+    assert not _update(rule, "rece-1", 0.2, 0.9)
+    assert rule.kept == "uce"  # tie: the earlier stage
+    assert _update(rule, "rece-2", 0.04, 0.89)  # target reached, preservation within the tolerance
+    assert rule.kept == "rece-2" and "reached the target 0.05 at rece-2" in rule.stopped
 
 
-def test_stopping_rule_drives_the_module_loop():
-    """``RobustRecipe.epoch_end`` with a stand-in module: snapshots the kept stage and stops the trainer."""
-    from rece_lightning.robust import RobustRecipe
+def test_selection_state_round_trips_and_continues():
+    """A resumed run continues the selection where the checkpoint left it (reference, kept stage, history)."""
+    first = _rule(target=0.0, max_drop=0.02)
+    _update(first, "original", 1.0, 1.0, candidate=False)
+    _update(first, "uce", 0.3, 0.99)
+    resumed = _rule(target=0.0, max_drop=0.02)
+    resumed.load_state_dict(first.state_dict())
+    assert _update(resumed, "rece-1", 0.1, 0.97)  # 3 points below the original's preservation: stop
+    assert resumed.kept == "uce" and [e["stage"] for e in resumed.history] == ["original", "uce", "rece-1"]
 
-    class Editor:
-        def __init__(self):
-            self.calls = 0
 
-        def snapshot(self):
-            self.calls += 1
-            return {"stage": self.calls}
+def test_keep_best_composes_with_the_robust_rule_or_is_refused():
+    from rece_lightning.recipe import selection_rule
 
-    recipe = RobustRecipe.__new__(RobustRecipe)
-    recipe.config, recipe.editor = RobustConfig(stop_preservation_drop=0.02), Editor()
-    module = SimpleNamespace(stopping=recipe.stopping_rule(), stages=["original", "uce", "rece-1", "rece-2"],
-                             _best=None, trainer=SimpleNamespace(callback_metrics={}, should_stop=False))
-    metrics = [(1.0, 1.0), (0.3, 1.0), (0.1, 0.9), (0.0, 1.0)]
-    for index, (rate, kept) in enumerate(metrics):
-        module.stage_index, module.stage = index, module.stages[index]
-        module.trainer.callback_metrics = {"val/concept_rate": torch.tensor(rate), "val/preservation": torch.tensor(kept)}
-        recipe.epoch_end(module)
-        if module.trainer.should_stop:
-            break
-    assert index == 2  # stage rece-1 lost 10 points of preservation
-    assert module._best[1] == "uce" and module._best[0] == pytest.approx(0.3)
+    rule = selection_rule("robust", "val/nudity_rate", "min", RobustConfig(concept_metric="val/nudity_rate"))
+    assert rule.metric == "val/nudity_rate" and rule.guard == "val/preservation" and rule.target == 0.0
+    assert selection_rule("robust", None, "max", RobustConfig()).mode == "max"  # keep_best_mode sets the mode
+    with pytest.raises(RECEError, match="differs from robust.concept_metric"):
+        selection_rule("robust", "val/nudity_rate", "min", RobustConfig())
+    assert selection_rule("paper", None) is None
+    assert selection_rule("paper", "val/score", "max").guard is None
 
 
 # --------------------------------------------------------------------------------------------- texts
@@ -210,7 +216,7 @@ def test_nearest_words_excludes_what_it_is_told(robust_module):
 
 def test_paper_recipe_is_the_default(tiny_sd1):
     m = RECEModule(pretrained=str(tiny_sd1), concepts=["nudity"], generation={"num_inference_steps": 2})
-    assert m.hparams.recipe == "paper" and m.robust is None and m.stopping is None
+    assert m.hparams.recipe == "paper" and m.robust is None and m.selection is None
     assert m.stages == ["original", "uce", "rece-1", "rece-2", "rece-3"]
 
 
@@ -243,3 +249,39 @@ def test_judged_prompt_writer_labels_captions_by_the_judge_and_round_trips(tmp_p
     assert not any(r.shows_concept for r in rows if r.prompt != shown)
     erased, preserved = read_judged(str(write_judged_prompts(tmp_path / "judged.csv", rows)))
     assert erased == {shown: f"a red solid {other}"} and set(preserved) == set(by_prompt) - {shown}
+
+
+class _RobustMetrics(L.Callback):
+    """Logs made-up validation metrics per stage: rece-1 loses 10 points of preservation."""
+
+    VALUES = {"original": (1.0, 1.0), "uce": (0.3, 1.0), "rece-1": (0.1, 0.9), "rece-2": (0.0, 1.0)}
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        rate, kept = self.VALUES[pl_module.stage]
+        pl_module.log("val/concept_rate", rate)
+        pl_module.log("val/preservation", kept)
+
+
+def test_stopping_rule_drives_the_module_loop_and_writes_the_kept_stage(tiny_sd1, small_prompts, tmp_path):
+    """The robust rule, read by the module after each stage: the loop ends when preservation falls, the kept stage
+    (uce) is restored and ``kept_stage.json`` names it and why; the checkpoints carry the selection."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from rece_lightning.data import RECEDataModule
+    from rece_lightning.selection import read_kept_stage
+
+    module = RECEModule(pretrained=str(tiny_sd1), concepts=["nudity"], generation={"num_inference_steps": 1},
+                        recipe="robust", keep_best="val/concept_rate", robust={"iterations": 2})
+    logger = TensorBoardLogger(tmp_path, name="logs", version=0)
+    trainer = L.Trainer(max_epochs=len(module.stages), callbacks=[_RobustMetrics(), ModelCheckpoint(
+        save_top_k=-1, filename="stage-{epoch}")], logger=logger, enable_progress_bar=False, num_sanity_val_steps=0)
+    trainer.fit(module, RECEDataModule(val_prompts=str(small_prompts), limit=1))
+    assert trainer.current_epoch == 3  # original, uce, rece-1: rece-2 never ran
+    assert module.stage == "uce"
+    kept = read_kept_stage(logger.log_dir)
+    assert kept["stage"] == "uce" and kept["score"] == pytest.approx(0.3)
+    assert "val/preservation fell to 0.9 at rece-1" in kept["reason"] and kept["rule"]["max_drop"] == 0.02
+    assert [e["stage"] for e in kept["history"]] == ["original", "uce", "rece-1"]
+    last = torch.load(Path(logger.log_dir) / "checkpoints" / "stage-epoch=2.ckpt", weights_only=True)
+    assert last["rece"]["selection"]["kept"] == "uce" and last["rece"]["best"]["stage"] == "uce"

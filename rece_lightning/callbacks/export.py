@@ -11,7 +11,8 @@ from rece_lightning.export import FORMATS, export_edit
 
 
 class ExportEdit(L.Callback):
-    """Write the final (or best) edit into ``dirpath`` (default ``<log_dir>/export``), atomically.
+    """Write the final (or kept) edit into ``dirpath`` (default ``<log_dir>/export``), atomically; the metadata of
+    every file names the stage and, under ``kept_stage``, the selection record of ``<run>/kept_stage.json``.
 
     Args:
         dirpath: output folder; ``None`` = ``export/`` inside the run's log folder.
@@ -34,6 +35,8 @@ class ExportEdit(L.Callback):
             return
         out = Path(self.dirpath) if self.dirpath else run_dir(trainer) / "export"
         metadata = {"hparams": dict(pl_module.hparams), "stage": getattr(pl_module, "stage", None)}
+        if callable(getattr(pl_module, "kept_stage", None)):  # which stage was kept and why (kept_stage.json)
+            metadata["kept_stage"] = pl_module.kept_stage()
         self.written = export_edit(
             pl_module.editor, out, self.formats, pipeline=getattr(pl_module, "pipeline", None), metadata=metadata
         )
