@@ -17,7 +17,6 @@ bfloat16, SD3-medium ~15 GB in bfloat16) are cached under bench/.cache/ (ignored
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import statistics
 import subprocess
@@ -29,7 +28,6 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-TOKENIZER = Path(os.environ.get("RECE_CLIP_TOKENIZER", HERE.parent.parent / "shared" / "fixtures" / "clip-tokenizer"))
 CACHE = HERE / ".cache" / "sd14-random"  # the SD-1.4-shaped model (gpu_check.sh's default MODEL)
 RECIPE = dict(
     concepts=["nudity"],
@@ -52,7 +50,7 @@ def ensure_model(family: str = "sd14", size: str = "full") -> Path:
 
     dtype = torch.float32 if size == "tiny" else torch.bfloat16 if family in ("flux", "sd3") else torch.float16
     print(f"building a random {family} pipeline ({size}) in {folder} (once) ...", flush=True)
-    pipe = build_family(family, size, TOKENIZER, dtype=dtype)
+    pipe = build_family(family, size, dtype=dtype)  # the CLIP tokenizer shipped with the package
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent))
     pipe.save_pretrained(tmp, safe_serialization=True)

@@ -327,6 +327,13 @@ def _main(args: list[str] | None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     parser_args, debug, threads = own_options(argv)
     debug = debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    if parser_args[:1] == ["report"]:  # not a Lightning subcommand: reads run folders, builds no model or trainer
+        from rece_lightning.report import main as report
+
+        try:
+            return report(parser_args[1:])
+        except RECEError as err:
+            _fail(str(err), debug)
     if debug:
         os.environ[DEBUG_ENV] = "1"  # DDP processes re-run the command line; they inherit the environment
     if threads is not None:

@@ -22,6 +22,8 @@ ECCV 2024) and measure that it is gone.
   rece validate  evaluate the base model, or the edit of --ckpt_path, on data.val_prompts
   rece test      red-team: run model.attacks on data.test_prompts; attack success rate per attack
   rece predict   generate the images of data.predict_prompts
+  rece report    print one table of run folders: stages x metrics (attack success rates of rece test runs), the
+                 kept stage marked (rece report RUN [RUN ...] [--metrics PATTERN ...])
 
 Every subcommand also takes --debug (or RECE_DEBUG=1: show the traceback of an error) and --threads N (or
 RECE_NUM_THREADS=N: CPU threads per process). Example: rece fit --config configs/testbed.yaml"""
@@ -34,8 +36,8 @@ Erase model.concepts: one closed-form stage per epoch, each followed by a valida
   original   the unedited model (the baseline; --model.validate_original false skips it)
   uce        the first edit (UCE: each concept's tokens mapped to its anchor, model.uce)
   rece-1 ... RECE iterations (model.rece.iterations): derive the embedding that still regenerates the concept, erase it
-The number of stages follows from model.rece.iterations and model.validate_original (trainer.max_epochs is set from
-them). Writes <trainer.default_root_dir>/lightning_logs/version_N: checkpoints/, eval/<stage>/, export/ and the
+The number of stages follows from model.rece.iterations (model.robust.iterations under model.recipe robust) and
+model.validate_original (trainer.max_epochs is set from them). Writes <trainer.default_root_dir>/lightning_logs/version_N: checkpoints/, eval/<stage>/, export/ and the
 TensorBoard logs. An interrupted run resumes in place: rece fit <same arguments> --ckpt_path
 <run>/checkpoints/<last stage>.ckpt (Ctrl-C prints this command).""",
     ),

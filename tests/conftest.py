@@ -1,5 +1,5 @@
-"""Shared fixtures: the real CLIP tokenizer (shipped in tests/fixtures), a small prompt CSV, the paper prompt sets
-from ../shared (optional) and tiny random pipelines saved to disk.
+"""Shared fixtures: the real CLIP tokenizer (package data of rece_lightning.random_pipeline), a small prompt CSV, the
+paper prompt sets from ../shared (optional) and tiny random pipelines saved to disk.
 
 Everything but the paper prompt sets ships with the repository, so the suite runs from a plain clone. Tests that
 read ``../shared/prompts`` are marked ``prompt_sets`` and skip with a reason that starts with
@@ -21,7 +21,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
-TOKENIZER = FIXTURES / "clip-tokenizer"
+TOKENIZER = REPO / "rece_lightning" / "random_pipeline" / "clip-tokenizer"  # package data (common.CLIP_TOKENIZER)
 SMALL_PROMPTS = FIXTURES / "prompts" / "nudity.csv"
 SHARED = Path(os.environ.get("RECE_SHARED_DIR") or REPO.parent / "shared")
 PROMPTS = SHARED / "prompts"

@@ -195,3 +195,33 @@ def test_tradeoff_layout_is_written(fitted):
     charts = {chart.title: list(chart.multiline.tag) for chart in category.chart}
     assert charts["nudity rate vs CLIP score"] == ["^val/nudity_rate$", "^val/clip_score$"]
     assert [e.value for e in events.Scalars("val/nudity_rate")]  # the erasure metric is logged per stage
+
+
+def test_report_prints_the_runs_records_and_kept_stage(fitted):
+    """``rece report RUN`` (installed entry point): one row per validated stage, every summary value of the run's
+    evaluation records in its column; the kept stage (``kept_stage.json``, also in the export metadata) is marked."""
+    import json
+    import subprocess
+
+    from rece_lightning.export import read_metadata
+    from rece_lightning.report import format_value
+
+    kept = json.loads((fitted / "kept_stage.json").read_text())
+    assert kept["stage"] == "rece-3" and kept["stages"] == ["original", "uce", "rece-1", "rece-2", "rece-3"]
+    assert "model.keep_best is unset" in kept["reason"]
+    assert read_metadata(fitted / "export" / KV_WEIGHTS)["kept_stage"]["stage"] == "rece-3"
+    done = subprocess.run(["rece", "report", str(fitted)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {cells[0]: dict(zip(header, cells, strict=True))
+            for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[1:])}
+    assert list(rows) == ["original", "uce", "rece-1", "rece-2", "rece-3 (kept)"]
+    checked = 0
+    for record in (fitted / "eval").glob("*/*.json"):
+        row = rows[record.parent.name + (" (kept)" if record.parent.name == "rece-3" else "")]
+        for metric, value in json.loads(record.read_text())["summary"].items():
+            assert row[metric] == format_value(metric, value), (record, metric)
+            checked += 1
+    assert checked >= 5
+    assert "kept rece-3: no selection rule" in done.stdout

@@ -9,8 +9,8 @@ FLUX.1-dev and SD3-medium (``attn2`` width 768 / 1024 / 2048, ``context_embedder
 benchmarks. One module per family holds its builder (:mod:`.sd`, :mod:`.sdxl`, :mod:`.flux`, :mod:`.sd3`); what they
 share is in :mod:`.common`; a new family is one module and one entry of :data:`BUILDERS`.
 
-Tokenizers: the real CLIP BPE vocabulary (``--clip-tokenizer``, default ``$RECE_CLIP_TOKENIZER``, else the repository's
-test fixture), SD 2.x and SDXL's second tokenizer padding with ``!`` as the released models do; Flux's T5 tokenizer
+Tokenizers: the real CLIP BPE vocabulary (``--clip-tokenizer``, default ``$RECE_CLIP_TOKENIZER``, else
+``clip-tokenizer/`` shipped in this package), SD 2.x and SDXL's second tokenizer padding with ``!`` as the released models do; Flux's T5 tokenizer
 and SD3's ``tokenizer_3`` are a tiny Unigram vocabulary built here (:func:`tiny_t5_tokenizer`, ``</s>``-terminated,
 ``<pad>`` = 0 like T5's), so its token ids differ from the real T5's but its conventions are the same.
 """
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="weights dtype (default: float32 for tiny, float16 for full; bfloat16 suits Flux)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clip-tokenizer", default=None, help="CLIP tokenizer folder (default: $RECE_CLIP_TOKENIZER "
-                        "or the repository's test fixture)")
+                        "or the tokenizer shipped with the package)")
     parser.add_argument("out", help="output folder (must not exist or be empty)")
     args = parser.parse_args(argv)
     out = Path(args.out)

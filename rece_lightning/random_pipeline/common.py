@@ -1,4 +1,4 @@
-"""What the random-pipeline builders share: the tokenizers (the real CLIP BPE vocabulary of the test fixture, a tiny
+"""What the random-pipeline builders share: the tokenizers (the real CLIP BPE vocabulary shipped here, a tiny
 T5 Unigram vocabulary built offline), CLIP text configs, the Stable Diffusion VAE, and the fast random
 initialisation of full-size modules built on the meta device."""
 
@@ -13,18 +13,18 @@ from torch import nn
 
 from rece_lightning.errors import RECEError
 
-REPO = Path(__file__).resolve().parents[2]
-TOKENIZER_CANDIDATES = (REPO / "tests" / "fixtures" / "clip-tokenizer", REPO.parent / "shared" / "fixtures" / "clip-tokenizer")
+CLIP_TOKENIZER = Path(__file__).resolve().parent / "clip-tokenizer"
+"""The real CLIP BPE tokenizer (1.5 MB, MIT), package data: the random pipelines work from an installed wheel."""
 
 
 def default_clip_tokenizer() -> Path:
-    """``$RECE_CLIP_TOKENIZER``, else the repository's CLIP tokenizer fixture.
+    """``$RECE_CLIP_TOKENIZER``, else the package's CLIP tokenizer (:data:`CLIP_TOKENIZER`).
 
     Raises:
         RECEError: none of them holds a CLIP tokenizer (``vocab.json``).
     """
     env = os.environ.get("RECE_CLIP_TOKENIZER")
-    candidates = [Path(env)] if env else list(TOKENIZER_CANDIDATES)
+    candidates = [Path(env)] if env else [CLIP_TOKENIZER]
     for path in candidates:
         if (path / "vocab.json").is_file():
             return path
