@@ -1,16 +1,22 @@
 """Every preset in configs/ parses with the real command line (types and keys checked by jsonargparse, callback
-classes imported), without loading a model."""
+classes imported), without loading a model, and erases exactly the stages it names."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from rece_lightning.cli import main
+from rece_lightning.config import RECEConfig
+from rece_lightning.robust import RobustConfig
+from rece_lightning.selection import KEPT_STAGE
 
 REPO = Path(__file__).resolve().parent.parent
 PRESETS = sorted((REPO / "configs").glob("*.yaml"))
@@ -33,3 +39,63 @@ def test_robust_presets_name_existing_judged_prompts():
         robust = (yaml.safe_load(preset.read_text()).get("model") or {}).get("robust") or {}
         if robust.get("judged_prompts"):
             assert (REPO / robust["judged_prompts"]).is_file(), f"{preset.name}: {robust['judged_prompts']} is missing"
+
+
+# the tiny random pipeline standing in for each preset's real model (by the family its path names)
+FAMILY_FIXTURES = (("flux", "tiny_flux"), ("sd3", "tiny_sd3"), ("stable-diffusion-3", "tiny_sd3"), ("xl", "tiny_sdxl"))
+# robust presets: smaller caption sets (the stage list does not depend on them), so that each preset takes seconds
+ROBUST_SMALL = ["--model.robust.num_prompts", "4", "--model.robust.concept_texts", "[]", "--model.robust.templates",
+                '["{}"]', "--model.robust.gammas", "[0.1]", "--model.robust.judged_prompts", "null",
+                "--model.robust.expand", "0", "--model.robust.mine_neighbours", "0"]
+
+
+def expected_stages(model: dict) -> list[str]:
+    """The stages a preset's model section asks for, read from the YAML alone (the oracle of the test below)."""
+    robust = model.get("recipe") == "robust"
+    section = model.get("robust" if robust else "rece") or {}
+    iterations = section.get("iterations", RobustConfig().iterations if robust else RECEConfig().iterations)
+    original = ["original"] if model.get("validate_original", True) else []
+    return [*original, "uce", *(f"rece-{i}" for i in range(1, iterations + 1))]
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
+def test_preset_runs_every_stage_it_names(preset, tmp_path, monkeypatch, request):
+    """Erase only (validation off) with each preset on the testbed or a tiny pipeline of its family: one checkpoint
+    per stage of the preset's recipe (``robust.iterations`` under ``recipe: robust``: rece-4 of nudity_robust.yaml
+    once never ran), and ``kept_stage.json`` names the same stages and keeps the last one (nothing was validated)."""
+    monkeypatch.chdir(REPO)
+    model = yaml.safe_load(preset.read_text())["model"]
+    pretrained = model["pretrained"]
+    if pretrained != "testbed":
+        fixture = next(f for word, f in FAMILY_FIXTURES if word in pretrained.lower())
+        pretrained = str(request.getfixturevalue(fixture))
+    root = tmp_path / "runs"
+    main(["fit", "--config", str(preset), "--model.pretrained", pretrained, "--data.val_prompts", "null",
+          "--trainer.default_root_dir", str(root), "--trainer.callbacks", CHECKPOINT_EVERY_STAGE,
+          *(ROBUST_SMALL if model.get("recipe") == "robust" else [])])
+    run = root / "lightning_logs" / "version_0"
+    checkpoints = sorted(run.glob("checkpoints/stage-epoch=*.ckpt"), key=lambda p: int(p.stem.split("=")[1]))
+    ran = [torch.load(p, map_location="cpu", weights_only=True)["rece"]["stage"] for p in checkpoints]
+    expected = expected_stages(model)
+    assert ran == expected
+    kept = json.loads((run / KEPT_STAGE).read_text())
+    assert kept["stages"] == expected and kept["stage"] == expected[-1]
+
+
+CHECKPOINT_EVERY_STAGE = ('[{class_path: lightning.pytorch.callbacks.ModelCheckpoint, '
+                          'init_args: {save_top_k: -1, filename: "stage-{epoch}"}}]')
+
+
+def test_robust_preset_runs_every_stage_through_the_installed_rece(tmp_path):
+    """The same check for nudity_robust.yaml (4 robust iterations) through the installed ``rece`` script."""
+    preset = REPO / "configs" / "nudity_robust.yaml"
+    root = tmp_path / "runs"
+    done = subprocess.run(["rece", "fit", "--config", str(preset), "--data.val_prompts", "null",
+                           "--trainer.default_root_dir", str(root), *ROBUST_SMALL],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = expected_stages(yaml.safe_load(preset.read_text())["model"])
+    assert expected[-1] == "rece-4"
+    assert [line.split()[3] for line in done.stdout.splitlines() if " done in " in line] == expected
+    assert f"stage {len(expected)}/{len(expected)} rece-4 done" in done.stdout
+    assert json.loads((root / "lightning_logs" / "version_0" / KEPT_STAGE).read_text())["stage"] == "rece-4"
