@@ -29,7 +29,7 @@ _EXPORTS = {
     "load_edit_map": "export",
     "load_kv_into": "export",
     "load_kv_weights": "export",
-    "read_prompts": "data",
+    "read_prompts": "prompts",
 }
 
 __all__ = [
@@ -69,10 +69,11 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from rece_lightning.config import GenerationConfig, RECEConfig, UCEConfig
-    from rece_lightning.data import PromptDataset, RECEDataModule, read_prompts
+    from rece_lightning.data import PromptDataset, RECEDataModule
     from rece_lightning.edit_state import EditState
     from rece_lightning.editor import KVEditor
     from rece_lightning.errors import RECEError
     from rece_lightning.export import apply_edit_map, export_edit, load_edit_map, load_kv_into, load_kv_weights
     from rece_lightning.module import RECEModule
+    from rece_lightning.prompts import read_prompts
     from rece_lightning.recipe import Recipe, erase

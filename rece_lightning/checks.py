@@ -1,4 +1,5 @@
-"""Checks made before any work: paths readable or writable, checkpoints that Lightning will be able to open.
+"""Checks made before any work: checkpoints that Lightning will be able to open, run folders, the models a call names
+(readable files and writable folders are checked by :mod:`rece_lightning.files`).
 
 Each raises :class:`~rece_lightning.errors.RECEError` with one line naming the problem and the fix; the ``rece``
 command runs them on every path a call will read or write before the model is loaded.
@@ -7,8 +8,6 @@ command runs them on every path a call will read or write before the model is lo
 from __future__ import annotations
 
 import importlib
-import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -18,37 +17,12 @@ import torch
 
 from rece_lightning.errors import RECEError
 
-__all__ = ["check_checkpoint", "check_model_sources", "check_writable_dir", "latest_checkpoint", "one_line",
-           "shown_path", "run_folder_of"]
+__all__ = ["check_checkpoint", "check_model_sources", "latest_checkpoint", "one_line", "shown_path", "run_folder_of"]
 
 
 def one_line(text: str) -> str:
     """``text`` on one line (whitespace runs collapsed)."""
     return " ".join(str(text).split())
-
-
-def check_writable_dir(path: str | Path, what: str) -> Path:
-    """``path`` is, or can be created as, a folder this process can write to; nothing is left behind.
-
-    Raises:
-        RECEError: ``path`` (or one of its parents) is a file, or the nearest existing folder is not writable.
-    """
-    path = Path(path).expanduser().absolute()
-    existing = path
-    while not existing.exists():
-        if existing.parent == existing:
-            break
-        existing = existing.parent
-    if not existing.is_dir():
-        raise RECEError(f"{what} {path} cannot be created: {existing} is a file, not a folder; choose another folder")
-    try:  # the only reliable test (permissions, read-only file systems, root squash …): create and remove a file
-        fd, probe = tempfile.mkstemp(prefix=".rece-write-test-", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise RECEError(f"{what} {path} is not writable ({existing}: {reason}); choose a folder you can write to") from err
-    return path
 
 
 def check_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -47,7 +47,6 @@ from rece_lightning.checkpoint import verify_hash  # noqa: E402
 from rece_lightning.checks import (  # noqa: E402
     check_checkpoint,
     check_model_sources,
-    check_writable_dir,
     latest_checkpoint,
     one_line,
     run_folder_of,
@@ -66,6 +65,7 @@ from rece_lightning.cli_text import (  # noqa: E402
 )
 from rece_lightning.data import RECEDataModule, check_prompts  # noqa: E402
 from rece_lightning.errors import RECEError  # noqa: E402
+from rece_lightning.files import check_writable_dir  # noqa: E402
 from rece_lightning.module import RECEModule  # noqa: E402
 from rece_lightning.recipe import fit_epochs, read_preserve_csv  # noqa: E402
 from rece_lightning.strategy import THREADS_ENV, configure_threads  # noqa: E402

@@ -12,10 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from rece_lightning.checks import check_writable_dir
 from rece_lightning.closed_form import Derivation, SurrogateItem
 from rece_lightning.errors import RECEError
-from rece_lightning.files import check_readable_file
+from rece_lightning.files import check_readable_file, check_writable_dir
 
 __all__ = [
     "GenerationConfig",

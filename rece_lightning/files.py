@@ -1,4 +1,5 @@
-"""File helpers with no dependency on the rest of the package: atomic writes, content hashes, checked reads.
+"""File helpers with no dependency on the rest of the package: atomic writes, content hashes, checked reads, and the
+checks that a file can be read (:func:`check_readable_file`) or a folder written (:func:`check_writable_dir`).
 
 The package's one content hasher of tensors is :func:`tensor_sha256` (checkpoints, exports, the image store's
 folder key); :func:`file_sha256` hashes a file's bytes.
@@ -24,7 +25,8 @@ from torch import Tensor
 
 from rece_lightning.errors import RECEError
 
-__all__ = ["atomic_dir", "atomic_path", "check_readable_file", "file_sha256", "read_csv", "tensor_sha256"]
+__all__ = ["atomic_dir", "atomic_path", "check_readable_file", "check_writable_dir", "file_sha256", "read_csv",
+           "tensor_sha256"]
 
 
 def _default_mode(directory: bool) -> int:
@@ -108,6 +110,30 @@ def check_readable_file(path: str | Path, what: str, hint: str) -> None:
             handle.read(1)
     except OSError as err:
         raise RECEError(f"{what} {p} cannot be read ({err.strerror or err}); check its permissions") from err
+
+
+def check_writable_dir(path: str | Path, what: str) -> Path:
+    """``path`` is, or can be created as, a folder this process can write to; nothing is left behind.
+
+    Raises:
+        RECEError: ``path`` (or one of its parents) is a file, or the nearest existing folder is not writable.
+    """
+    path = Path(path).expanduser().absolute()
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RECEError(f"{what} {path} cannot be created: {existing} is a file, not a folder; choose another folder")
+    try:  # the only reliable test (permissions, read-only file systems, root squash …): create and remove a file
+        fd, probe = tempfile.mkstemp(prefix=".rece-write-test-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise RECEError(f"{what} {path} is not writable ({existing}: {reason}); choose a folder you can write to") from err
+    return path
 
 
 def _decode_error(path: Path, err: UnicodeDecodeError, raw: bytes) -> RECEError:

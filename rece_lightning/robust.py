@@ -42,6 +42,7 @@ from torch import Tensor
 from rece_lightning.editor import KVEditor
 from rece_lightning.errors import RECEError
 from rece_lightning.files import check_readable_file, read_csv
+from rece_lightning.prompts import read_prompts
 from rece_lightning.selection import SelectionRule
 from rece_lightning.text import TextEncoder
 
@@ -163,14 +164,15 @@ def sample_testbed_captions(concept: str, n: int, *, with_concept: bool, seed: i
     return list(dict.fromkeys(out))
 
 
-def read_prompts(source: str | list[str], concept: str, n: int, *, with_concept: bool, seed: int = 0) -> list[str]:
-    """Prompts from a list, a CSV file (``prompt`` column) or ``"testbed"`` (:func:`sample_testbed_captions`)."""
+def caption_prompts(source: str | list[str], concept: str, n: int, *, with_concept: bool, seed: int = 0) -> list[str]:
+    """The texts of ``erase_prompts``/``preserve_prompts``: a list, a prompt CSV (read by
+    :func:`rece_lightning.prompts.read_prompts`, the first ``n`` non-empty prompts; 0 = all) or ``"testbed"``
+    (:func:`sample_testbed_captions`)."""
     if isinstance(source, list):
         return list(source)
     if source == "testbed":
         return sample_testbed_captions(concept, n, with_concept=with_concept, seed=seed)
-    _, rows = read_csv(source, "robust prompt file")
-    prompts = [row["prompt"] for row in rows if row.get("prompt")]
+    prompts = [row["prompt"] for row in read_prompts(source) if row["prompt"]]
     return prompts[:n] if n else prompts
 
 
@@ -293,7 +295,7 @@ class RobustRecipe:
         self.captions = fill(config.templates, phrases)
         concept = self.concepts[0]
         if config.erase_prompts is not None:
-            self.captions += read_prompts(config.erase_prompts, concept, config.num_prompts, with_concept=True)
+            self.captions += caption_prompts(config.erase_prompts, concept, config.num_prompts, with_concept=True)
         judged_shown, judged_other = ({}, []) if config.judged_prompts is None else read_judged(config.judged_prompts)
         self.captions += [prompt for prompt in judged_shown if prompt not in self.captions]
         self.caption_anchor: dict[str, str] = {}
@@ -318,7 +320,7 @@ class RobustRecipe:
             mined = nearest_words(text.tokenizer, text.text_encoder, self.concepts, config.mine_neighbours, exclude)
         self.mined = mined
         self.neighbour_captions = fill(config.templates, [*config.neighbours, *mined])
-        extra = [] if config.preserve_prompts is None else read_prompts(
+        extra = [] if config.preserve_prompts is None else caption_prompts(
             config.preserve_prompts, concept, config.num_prompts, with_concept=False)
         self.preserved = list(dict.fromkeys([*config.preserve, *self.anchors, *self.neighbour_captions, *extra,
                                              *judged_other]))

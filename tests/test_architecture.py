@@ -18,8 +18,8 @@ LONG_FILES = {
                  "half would reach into the other's",
     "cli.py": "LightningCLI's hooks (start-up checks, run folders, resume, failures) share the parsed config; its "
               "checks and texts are in checks.py and cli_text.py",
-    "robust.py": "the opt-in robust recipe (config, caption and neighbour builders, expansion scores, iterations, "
-                 "stopping rule) stays in one file while the method is still being measured",
+    "robust.py": "the opt-in robust recipe (config, caption and neighbour builders, expansion scores, iterations) "
+                 "stays in one file while the method is still being measured; its stopping rule is selection.py",
     "closed_form.py": "every closed form of the edit (UCE map and factors, RECE's derivation, the low-rank views of "
                       "T) sits beside the objective it minimises, which the tests use as the oracle",
     "module.py": "the Lightning shell: stage loop, keep-best, lazy denoiser loading and the generation of the "
@@ -93,7 +93,8 @@ def test_import_graph_has_no_circles():
 
 
 @pytest.mark.parametrize("module", ["rece_lightning", "rece_lightning.closed_form", "rece_lightning.export",
-                                    "rece_lightning.recipe", "rece_lightning.files"])
+                                    "rece_lightning.recipe", "rece_lightning.files", "rece_lightning.prompts",
+                                    "rece_lightning.selection", "rece_lightning.report"])
 def test_light_modules_do_not_import_lightning(module):
     code = f"import sys, {module}; print(sorted(m for m in ('lightning', 'pytorch_lightning') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
@@ -147,3 +148,12 @@ def test_files_stay_small():
     long = {p.name: n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 360}
     unexplained = {name: n for name, n in long.items() if name not in LONG_FILES}
     assert not unexplained, f"files over ~350 lines without a reason in LONG_FILES: {unexplained}"
+
+
+def test_one_tensor_hasher():
+    """Content hashes come from rece_lightning.files (tensor_sha256, file_sha256) only."""
+    hashing = sorted(name for name, path in _modules().items()
+                     if any(isinstance(node, ast.Import | ast.ImportFrom) and "hashlib" in
+                            ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""])
+                            for node in ast.walk(ast.parse(path.read_text()))))
+    assert hashing == ["rece_lightning.files"]

@@ -122,7 +122,7 @@ def test_prompt_file_with_a_bad_seed(tmp_path, root, capsys):
 
 
 def test_a_byte_order_mark_is_fine(tmp_path):
-    from rece_lightning.data import read_prompts
+    from rece_lightning.prompts import read_prompts
 
     csv = tmp_path / "excel.csv"
     csv.write_bytes("prompt,evaluation_seed\na cat,7\n".encode("utf-8-sig"))

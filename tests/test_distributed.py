@@ -12,9 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rece_lightning.data import collate_rows, read_prompts
+from rece_lightning.data import collate_rows
 from rece_lightning.export import KV_WEIGHTS
 from rece_lightning.module import RECEModule
+from rece_lightning.prompts import read_prompts
 
 PROMPTS = "prompt,evaluation_seed,case_number\na cat,1,10\na dog,2,11\na bird,3,12\n"
 

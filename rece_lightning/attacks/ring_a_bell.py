@@ -26,7 +26,7 @@ __all__ = ["RingABell", "concept_vector", "read_pairs", "search_vocabulary", "to
 def read_pairs(path: str | Path) -> list[tuple[str, str]]:
     """(sensitive, normal) prompt pairs: the first two columns of a Ring-A-Bell CSV (``testbed:<name>`` for the
     testbed's, e.g. ``testbed:triangle-ring-a-bell``)."""
-    from rece_lightning.data import resolve_prompts
+    from rece_lightning.prompts import resolve_prompts
 
     path = resolve_prompts(path)
     if not path.is_file():

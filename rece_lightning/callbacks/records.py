@@ -16,7 +16,7 @@ __all__ = ["ATTACK_KEYS", "IDENTITY_KEYS", "gather_records", "mean", "merge_reco
 
 
 IDENTITY_KEYS: tuple[str, ...] = ("row", "case_number", "prompt", "seed", "guidance")
-"""Keys copied from the prompt row into every record (see :func:`rece_lightning.data.read_prompts`)."""
+"""Keys copied from the prompt row into every record (see :func:`rece_lightning.prompts.read_prompts`)."""
 
 
 def plain(value: Any) -> Any:
@@ -61,7 +61,7 @@ def record_key(record: Mapping[str, Any]) -> tuple[str, int]:
     """The deduplication key of a record: its attack (``""`` outside ``rece test``) and prompt-file ``row``."""
     key = record.get("row")
     if key is None:
-        raise RECEError("a metric record has no 'row'; prompt rows must come from rece_lightning.data.read_prompts")
+        raise RECEError("a metric record has no 'row'; prompt rows must come from rece_lightning.prompts.read_prompts")
     return str(record.get("attack") or ""), int(key)
 
 
