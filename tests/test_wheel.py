@@ -30,7 +30,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
                    check=True, capture_output=True, timeout=600)
     (wheel,) = (root / "dist").glob("rece_lightning-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "rece_lightning/tokenizers/clip/vocab.json" in names and "rece_lightning/judged_prompts.py" in names
+    assert "rece_lightning/random_pipeline/clip-tokenizer/vocab.json" in names and "rece_lightning/judged_prompts.py" in names
     assert not [n for n in names if n.startswith(("tests/", "bench/"))]
     target = root / "site"
     subprocess.run([*run, "install", "--no-deps", "--target", str(target), str(wheel)], check=True,
