@@ -42,6 +42,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa:
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 from lightning.pytorch.trainer.states import TrainerStatus  # noqa: E402
 
+from rece_lightning.cache_command import cache_command, strip_no_cache  # noqa: E402
 from rece_lightning.callbacks.report import StageReport  # noqa: E402
 from rece_lightning.checkpoint import verify_hash  # noqa: E402
 from rece_lightning.checks import (  # noqa: E402
@@ -65,6 +66,7 @@ from rece_lightning.cli_text import (  # noqa: E402
 )
 from rece_lightning.data import RECEDataModule, check_prompts  # noqa: E402
 from rece_lightning.errors import RECEError  # noqa: E402
+from rece_lightning.eval_cache import CACHE_ENV  # noqa: E402
 from rece_lightning.files import check_writable_dir  # noqa: E402
 from rece_lightning.module import RECEModule  # noqa: E402
 from rece_lightning.recipe import fit_epochs, read_preserve_csv  # noqa: E402
@@ -309,7 +311,8 @@ def _fail(message: str, debug: bool, code: int = EXIT_USAGE) -> None:
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``rece`` console script (``args``: the command line without the program name)."""
-    saved = {name: os.environ.get(name) for name in (DEBUG_ENV, THREADS_ENV, "OMP_NUM_THREADS", VERSION_ENV)}
+    saved = {name: os.environ.get(name) for name in (DEBUG_ENV, THREADS_ENV, "OMP_NUM_THREADS", VERSION_ENV,
+                                                     CACHE_ENV)}
     threads = torch.get_num_threads()
     try:
         _main(args)
@@ -325,6 +328,9 @@ def main(args: list[str] | None = None) -> None:
 def _main(args: list[str] | None) -> None:
     quiet.install()
     argv = list(sys.argv[1:] if args is None else args)
+    if argv[:1] == ["cache"]:  # rece cache info|clear: no LightningCLI
+        raise SystemExit(cache_command(argv[1:]))
+    argv = strip_no_cache(argv)  # --no-cache: RECE_CACHE=0 for this run and its DDP processes
     parser_args, debug, threads = own_options(argv)
     debug = debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     if parser_args[:1] == ["report"]:  # not a Lightning subcommand: reads run folders, builds no model or trainer

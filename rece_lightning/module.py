@@ -24,14 +24,17 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from rece_lightning.attacks import Attack, AttackTarget, NoAttack
+from rece_lightning.callbacks.cached import evaluation_reused
 from rece_lightning.callbacks.metric import ImageMetric
 from rece_lightning.checkpoint import Best, load_edit, save_edit
 from rece_lightning.closed_form import Technique
 from rece_lightning.config import GenerationConfig, RECEConfig, UCEConfig, as_config, check_choice
 from rece_lightning.editor import KVEditor
+from rece_lightning.eval_cache import model_identity
 from rece_lightning.family import ModelFamily
 from rece_lightning.generation import generate
 from rece_lightning.image_store import ImageStore, fingerprint
+from rece_lightning.integrity import tensor_sha256
 from rece_lightning.model_source import TESTBED
 from rece_lightning.pipeline import attach_denoiser, load_family, resolve_dtype
 from rece_lightning.recipe import ORIGINAL, Recipe, read_preserve_csv, selection_rule
@@ -168,6 +171,8 @@ class RECEModule(L.LightningModule):
         self.stages: list[str] = ([ORIGINAL] if validate_original else []) + self.recipe.stages
         self.selection: Selection | None = Selection(rule) if rule is not None else None  # chooses the kept stage
         self._best: Best | None = None  # the kept stage's score, name and edit state
+        self._identity: dict[str, Any] | None = None  # the model's identity in the evaluation cache's keys
+        self._reuse = False  # this validation epoch reuses cached results: nothing to generate
 
     # ------------------------------------------------------------------------------------ the model family
     def _register_components(self) -> None:
@@ -336,10 +341,28 @@ class RECEModule(L.LightningModule):
         weights = {p.key: p.module.weight for p in self.editor.projections}
         return ImageStore(root, self.stage, fingerprint(weights, settings))
 
+    def evaluation_identity(self) -> dict[str, Any]:
+        """What this model state's images depend on besides the prompt rows, for the evaluation cache's keys
+        (:mod:`rece_lightning.eval_cache`): the text-reading weights' SHA-256 as edited (not the stage's name), the
+        model's identity, the generation settings, the scheduler and the device kind."""
+        if self._identity is None:
+            self._identity = {"model": model_identity(self.hparams.pretrained, self.hparams.torch_dtype),
+                              "family": type(self.family).__name__, "options": self.family.generation_kwargs()}
+        scheduler = getattr(self.family.pipeline, "scheduler", None)
+        return {
+            **self._identity,
+            "text_layers": tensor_sha256({p.key: p.module.weight for p in self.editor.projections}),
+            "generation": {**asdict(self.generation), "image_dir": None},
+            "scheduler": None if scheduler is None else [type(scheduler).__name__, dict(scheduler.config)],
+            "device": self.device.type,
+        }
+
     def on_validation_epoch_start(self) -> None:
         self._store = self.image_store()
+        self._reuse = evaluation_reused(self.trainer, self.stage)  # (the callbacks' hooks ran first: they know their hits)
 
-    on_test_epoch_start = on_validation_epoch_start
+    def on_test_epoch_start(self) -> None:
+        self._store = self.image_store()
 
     def on_predict_epoch_start(self) -> None:
         """``rece predict`` always saves its images: in ``generation.image_dir`` or ``<default_root_dir>/images``."""
@@ -371,6 +394,8 @@ class RECEModule(L.LightningModule):
         return {"images": images, "rows": batch, "stage": self.stage, "generated": len(todo)}
 
     def validation_step(self, batch: dict[str, list[Any]], batch_idx: int) -> dict[str, Any]:
+        if self._reuse:  # every callback reading the images reuses its cached result
+            return {"rows": batch, "stage": self.stage, "generated": 0}
         return self._generate_batch(batch)
 
     def predict_step(self, batch: dict[str, list[Any]], batch_idx: int) -> dict[str, Any]:

@@ -215,3 +215,11 @@ def tree_digest(root: Path) -> str:
         h.update(str(path.relative_to(root)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()
+
+
+@pytest.fixture(autouse=True)
+def _private_eval_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets its own empty evaluation cache (never the user's ``~/.cache/rece-lightning``); subprocesses
+    inherit it through the environment."""
+    monkeypatch.setenv("RECE_CACHE_DIR", str(tmp_path_factory.mktemp("rece-cache")))
+    monkeypatch.delenv("RECE_CACHE", raising=False)

@@ -48,6 +48,7 @@ from rece_lightning.callbacks.metric import ImageMetric
 from rece_lightning.callbacks.run import run_dir, warn
 from rece_lightning.errors import RECEError
 from rece_lightning.files import atomic_path, file_sha256
+from rece_lightning.integrity import tensor_sha256
 from rece_lightning.model_source import TESTBED, is_testbed
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -256,9 +257,18 @@ class FrechetDistance(ImageMetric):
         self._reference_info = {"reference": source, "reference_images": len(self._reference)}
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_validation_epoch_start(trainer, pl_module)
         if self.reference == "original" and self._reference is None and not trainer.sanity_checking:
             self._resume_reference(trainer)
+        super().on_validation_epoch_start(trainer, pl_module)  # (after the reference: it is part of the cache key)
+
+    def cache_state(self) -> dict[str, Any]:
+        """The reference features' SHA-256 (each record's ``feature_distance`` is measured to them)."""
+        self._load_reference()
+        if self._reference is None:
+            return {"reference_features": None}
+        rows = sorted(self._reference)
+        features = torch.from_numpy(np.stack([np.asarray(self._reference[r]) for r in rows]))
+        return {"reference_features": tensor_sha256({"rows": torch.tensor(rows), "features": features})}
 
     def _resume_reference(self, trainer: L.Trainer) -> None:
         """A resumed ``rece fit`` (``--ckpt_path`` into its run folder) starts after the ``original`` stage: use the

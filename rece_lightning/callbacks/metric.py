@@ -9,7 +9,10 @@ sets and counting rules), so every metric here is explicit and recorded:
   ``DistributedSampler`` pads a shard by repeating rows) and sorted by ``row``, so the summary is computed from the
   same list in the same order on every process, whatever the number of processes;
 * the summary is logged on every process with ``sync_dist=False`` (identical values, no collective, no deadlock);
-* global rank zero writes ``<log_dir>/eval/<stage>/<name>.json`` (protocol, summary, records) atomically.
+* global rank zero writes ``<log_dir>/eval/<stage>/<name>.json`` (protocol, summary, records) atomically;
+* the records of a validation epoch go to the evaluation cache (:mod:`rece_lightning.eval_cache`), keyed by the model
+  state, the scored rows and :meth:`ImageMetric.protocol`; a hit skips scoring (and, when every image reader hits,
+  generating), the summary is computed again from the cached records, and the JSON's ``cache`` says so.
 
 Subclasses implement :meth:`ImageMetric.score`, :meth:`ImageMetric.summarize` and :meth:`ImageMetric.protocol`.
 One validation prompt file is assumed (``row`` is unique within it); records of a second validation dataloader
@@ -28,6 +31,7 @@ import lightning as L
 import torch
 from PIL import Image
 
+from rece_lightning.callbacks.cached import CachedEvaluation
 from rece_lightning.callbacks.records import (
     ATTACK_KEYS,
     IDENTITY_KEYS,
@@ -41,10 +45,11 @@ from rece_lightning.callbacks.records import (
 )
 from rece_lightning.callbacks.run import run_dir
 from rece_lightning.errors import RECEError
+from rece_lightning.eval_cache import pack_records, unpack_records
 from rece_lightning.files import atomic_path
 
 
-class ImageMetric(L.Callback, ABC):
+class ImageMetric(CachedEvaluation, L.Callback, ABC):
     """Base class of the metric callbacks: score each validation batch, gather, summarise, log and write JSON.
 
     Subclasses implement
@@ -76,6 +81,7 @@ class ImageMetric(L.Callback, ABC):
         self.device = torch.device("cpu")
         self.last_summary: dict[str, float] = {}
         self.last_path: Path | None = None
+        self._cached: list[dict[str, Any]] | None = None  # this epoch's records, read from the evaluation cache
 
     # ---------------------------------------------------------------------------------- subclass API
     @abstractmethod
@@ -105,6 +111,18 @@ class ImageMetric(L.Callback, ABC):
     def on_records(self, trainer: L.Trainer, records: list[dict[str, Any]], stage: str) -> None:
         """Called on every process with the gathered records before they are summarised (e.g. to keep them as a
         reference for later stages)."""
+
+    def cache_state(self) -> dict[str, Any]:
+        """What the records depend on besides the model, the rows and :meth:`protocol` (e.g. a reference set)."""
+        return {}
+
+    def cache_parts(self, trainer: L.Trainer, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+        scored = [r for r in rows if self.sources is None or r.get("source") in self.sources]
+        metric = f"{type(self).__module__}.{type(self).__qualname__}"
+        return {"rows": scored, "metric": {"callback": metric, "protocol": self.protocol(), **self.cache_state()}}
+
+    def cache_label(self) -> str:
+        return f"{self.name} records"
 
     # ------------------------------------------------------------------------------------ pure steps
     def records_for(self, images: Sequence[Image.Image], rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -154,14 +172,17 @@ class ImageMetric(L.Callback, ABC):
         self._records, self._stage = [], None
         self.device = pl_module.device
         if not self._prepared and not trainer.sanity_checking:
-            self.prepare(pl_module)
+            self.prepare(pl_module)  # before the cache key: a protocol may name what preparing found
             self._prepared = True
+        entry = self.cache_lookup(trainer, pl_module)
+        self._cached = None if entry is None else unpack_records(entry[0]["records"], entry[1])
 
     def on_validation_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if trainer.sanity_checking or not isinstance(outputs, Mapping) or "images" not in outputs:
+        if trainer.sanity_checking or self._cached is not None or not isinstance(outputs, Mapping) \
+                or "images" not in outputs:
             return
         rows = outputs.get("rows", batch)
         rows = rows_of(rows) if isinstance(rows, Mapping) else list(rows)
@@ -182,14 +203,19 @@ class ImageMetric(L.Callback, ABC):
         """Gather the epoch's records from every process, summarise (per attack in the test stage), log the summary
         on every process and, on global rank zero, the protocol and ``eval/<stage>/<name>.json``
         (``eval/test-<stage>/`` for ``rece test``)."""
-        records = merge_records(gather_records(self._records))
+        cached, self._cached = self._cached, None
+        records = cached if cached is not None else merge_records(gather_records(self._records))
         self._records = []
         if not records:
             return
         stage = str(self._stage or getattr(pl_module, "stage", "model"))
         if not test:
             self.on_records(trainer, records, stage)
-        document = self.result(records, stage, self._run_info(trainer))
+        info = self._run_info(trainer) if test else {**self._run_info(trainer), "cache": self.cache_status()}
+        document = self.result(records, stage, info)
+        if not test and cached is None:
+            packed, tensors = pack_records(records)
+            self.cache_store(trainer, {"records": packed}, tensors)
         if test:
             summary = {f"test/{k}": float(v) for k, v in self.attack_summary(records).items()}
             document = {**document, "summary": plain(summary),
@@ -206,7 +232,7 @@ class ImageMetric(L.Callback, ABC):
 
     # ------------------------------------------------------------------------------ rece test (attacks)
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._records, self._stage = [], None
+        self._records, self._stage, self._cached = [], None, None
         self.device = pl_module.device
         if not self._prepared:
             self.prepare(pl_module)
