@@ -3,7 +3,8 @@
 Model loading is excluded from the time; the recipe includes the text encodings, the gram matrix, the closed-form
 solves and folding the edit into the text-reading layers. A second process runs an erase-only job (load the text
 side, erase, export) and reports its load time and peak resident memory; ``--fit-process`` also times a whole
-``rece fit --config configs/nudity.yaml`` process without validation (imports, loading, Trainer, writes).
+``rece fit --config configs/nudity.yaml`` (``nudity_sdxl.yaml`` for SDXL) process without validation (imports,
+loading, Trainer, writes) and prints its peak memory, its checkpoints' and exports' sizes and the run folder's size.
 Erasing loads only the text encoders and the text-reading layers (read from the safetensors files), never the
 UNet / transformer.
 
@@ -116,16 +117,30 @@ def erase_only(model: str, out: str, dtype: str) -> None:
           f"{done - erased:.1f} s; peak RSS {peak:.2f} GB")
 
 
-def fit_process(model: Path) -> None:
-    """Wall time of a whole ``rece fit`` process without validation (the user's command)."""
+def folder_size(folder: Path) -> int:
+    """Bytes of every file under ``folder``."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def fit_process(model: Path, family: str) -> None:
+    """Wall time and peak memory of a whole ``rece fit`` process without validation (the user's command: the
+    family's nudity preset, its checkpoints and exports), then the size of every checkpoint and of the run folder."""
+    config = "nudity_sdxl.yaml" if family == "sdxl" else "nudity.yaml"
     with tempfile.TemporaryDirectory() as root:
-        cmd = [sys.executable, "-m", "rece_lightning.cli", "fit", "--config", str(HERE.parent / "configs" / "nudity.yaml"),
+        cmd = [sys.executable, "-m", "rece_lightning.cli", "fit", "--config", str(HERE.parent / "configs" / config),
                "--model.pretrained", str(model), "--model.validate_original", "false",
-               "--trainer.default_root_dir", root, "--trainer.enable_progress_bar", "false"]
+               "--data.val_prompts", "null", "--trainer.default_root_dir", root,
+               "--trainer.enable_progress_bar", "false"]
         start = time.perf_counter()
         subprocess.run(cmd, check=True, capture_output=True)
-        print(f"rece fit --config configs/nudity.yaml (no validation) as a whole process: "
-              f"{time.perf_counter() - start:.1f} s")
+        seconds = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2  # the largest child: this process
+        print(f"rece fit --config configs/{config} (no validation) as a whole process: {seconds:.1f} s, "
+              f"peak RSS {peak:.2f} GB")
+        run = Path(root)
+        for file in sorted(run.rglob("*.ckpt")) + sorted(run.rglob("export/*")):
+            print(f"    {file.relative_to(run)}: {file.stat().st_size / 1e6:.1f} MB")
+        print(f"    run folder: {folder_size(run) / 1e6:.1f} MB")
 
 
 def main() -> None:
@@ -149,7 +164,7 @@ def main() -> None:
         subprocess.run([sys.executable, __file__, "--memory-dtype", args.memory_dtype, "--erase-only", str(model), out],
                        check=True)
     if args.fit_process:
-        fit_process(model)
+        fit_process(model, args.family)
 
 
 if __name__ == "__main__":

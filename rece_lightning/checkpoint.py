@@ -1,9 +1,13 @@
-"""The edit inside a Lightning checkpoint: only the edited text-reading weights, never a copy of the pipeline.
+"""The edit inside a Lightning checkpoint: the edit itself and the base model's fingerprint, never the weights.
 
-A checkpoint's ``state_dict`` keeps the edited layers (denoiser state-dict keys under the module's attribute, e.g.
-``unet.…``), and ``checkpoint["rece"]`` holds the stage, the :class:`~rece_lightning.edit_state.EditState` (and the
-kept best stage's, so keep-best survives an interrupted run), a SHA-256 of all these tensors and a fingerprint of the
-base model's original weights (:mod:`rece_lightning.integrity`), verified when the checkpoint is loaded.
+A checkpoint's ``state_dict`` is empty: ``checkpoint["rece"]`` holds the stage and the
+:class:`~rece_lightning.edit_state.EditState` (the text-side maps ``T`` and their low-rank steps; the per-layer
+weights only for the general "tensor" path), the kept best stage's (so keep-best survives an interrupted run), a
+SHA-256 of all these tensors and a fingerprint of the base model's original weights (and of the loaded K/V base,
+``uce.weights``), :mod:`rece_lightning.integrity`. Loading verifies them and rebuilds the edited K/V from the base
+model exactly as the run did (:meth:`~rece_lightning.editor.KVEditor.apply`): megabytes instead of a copy of every
+text-reading layer (SDXL: hundreds of MB per checkpoint). Checkpoints of earlier versions, which also hold the edited
+K/V weights in ``state_dict``, still load (their weights are checked against the model's layers).
 """
 
 from __future__ import annotations
@@ -33,16 +37,17 @@ def _edit_tensors(rece: dict[str, Any]) -> dict[str, Tensor]:
 
 
 def save_edit(checkpoint: dict[str, Any], recipe: Recipe, owner: str, best: Best | None) -> None:
-    """Reduce ``checkpoint``'s state dict to the edited layers (``owner.<key>``) and add the edit section."""
-    keys = {f"{owner}.{p.key}" for p in recipe.editor.projections}
-    weights = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
-    checkpoint["state_dict"] = weights
-    rece: dict[str, Any] = {"stage": recipe.stage, "state": recipe.editor.state.tensors()}
+    """Empty ``checkpoint``'s state dict (the K/V are rebuilt from the base model) and add the edit section."""
+    checkpoint["state_dict"] = {}
+    editor = recipe.editor
+    rece: dict[str, Any] = {"stage": recipe.stage, "state": editor.state.tensors()}
     if best is not None:
         score, stage, state = best
         rece["best"] = {"score": score, "stage": stage, "state": state.tensors()}
-    rece["sha256"] = tensor_sha256({**weights, **_edit_tensors(rece)})
-    rece["base"] = base_fingerprint(recipe.editor.original)
+    rece["sha256"] = tensor_sha256(_edit_tensors(rece))
+    rece["base"] = base_fingerprint(editor.original)
+    if not editor.base_is_original:  # K/V weights loaded as the base (uce.weights): they must be the same again
+        rece["kv_base"] = base_fingerprint(editor.base)
     checkpoint["rece"] = rece
 
 
@@ -57,16 +62,32 @@ def verify_hash(checkpoint: dict[str, Any], source: str = "the checkpoint") -> N
     check_sha256({**weights, **_edit_tensors(rece)}, rece["sha256"], source)
 
 
+def _check_state(state: EditState, recipe: Recipe, source: str) -> None:
+    """The saved state fits this model: map width, and the per-layer weights' keys and shapes (general path)."""
+    editor = recipe.editor
+    for kind, t in state.maps.items():
+        if tuple(t.shape) != (editor.dim, editor.dim):
+            raise RECEError(f"{source} holds a {kind} map of shape {tuple(t.shape)}; this model's text width is "
+                            f"{editor.dim}; use it with the model.pretrained it was made from")
+    if state.layer_weights is not None:
+        check_kv_weights(editor.projections, state.layer_weights, source)
+
+
 def load_edit(checkpoint: dict[str, Any], recipe: Recipe, owner: str) -> Best | None:
-    """Verify the checkpoint (hash, base model, keys and shapes), restore its stage and edit into ``recipe`` (folded
-    into the model), and return the kept best stage it carries."""
+    """Verify the checkpoint (hash, base model, shapes), restore its stage and edit into ``recipe`` (rebuilt from the
+    base weights and folded into the model), and return the kept best stage it carries."""
     verify_hash(checkpoint)
     rece = checkpoint["rece"]
     prefix = f"{owner}."
     weights = {k: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith(prefix)}
     check_base(rece["base"], recipe.editor.original, "the checkpoint")
-    check_kv_weights(recipe.editor.projections, {k.removeprefix(prefix): v for k, v in weights.items()},
-                     "the checkpoint")
-    recipe.restore(rece["stage"], EditState.from_tensors(rece["state"]))
+    if "kv_base" in rece:
+        check_base(rece["kv_base"], recipe.editor.base, "the checkpoint's K/V base (uce.weights)")
+    if weights:  # a checkpoint of an earlier version, which also held the edited weights
+        check_kv_weights(recipe.editor.projections, {k.removeprefix(prefix): v for k, v in weights.items()},
+                         "the checkpoint")
+    state = EditState.from_tensors(rece["state"])
+    _check_state(state, recipe, "the checkpoint")
+    recipe.restore(rece["stage"], state)
     best = rece.get("best")
     return None if best is None else (best["score"], best["stage"], EditState.from_tensors(best["state"]))

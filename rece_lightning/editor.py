@@ -14,7 +14,7 @@ path); both paths agree on "replace" edits.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -416,26 +416,57 @@ class KVEditor:
                 done[id(t)] = closed_form.low_rank_factors(t - eye, rtol=rtol)
         return {kind: done[id(self.maps[kind])] for kind in self.edited_kinds}
 
-    def lora_factors(self, rtol: float = 1e-10) -> dict[str, tuple[Tensor, Tensor]]:
-        """Exact low-rank factors ``(B, A)`` with ``W_edited = W₀ + B A`` per edited projection (float64).
+    def _edited_layer(self, p: Projection) -> Tensor:
+        """One projection's edited weight in float64 (one layer at a time: never a float64 copy of every K/V)."""
+        if self.layer_weights is not None:
+            return self.layer_weights[p.key].to(torch.float64)
+        base = self.base[p.key].to(torch.float64)
+        return base @ self.maps[p.kind] if p.kind in self.edited_kinds else base
 
-        For a shared map on the original weights, ``T − I = U Vᵀ`` gives ``B_l = W₀_l U``, ``A = Vᵀ`` (one SVD);
-        otherwise each layer's difference is factored by SVD truncated at ``rtol · σ_max``.
+    def lora_layers(self, rtol: float = 1e-10, max_rank: int | None = None) -> Iterator[LoraLayer]:
+        """Low-rank factors ``(B, A)`` with ``W_edited ≈ W₀ + B A`` per edited projection (float64), one layer at a
+        time, with the squared Frobenius norms of the layer's whole difference and of what a ``max_rank`` cut left out.
+
+        For a shared map on the original weights, ``T − I = U S Vᵀ`` gives ``B_l = W₀_l U S``, ``A = Vᵀ`` (one SVD
+        of the map, singular values above ``rtol · σ_max``); the cut keeps the ``max_rank`` leading directions and
+        leaves out exactly ``‖W₀_l U_tail S_tail‖²`` (``V`` is orthonormal). Otherwise each layer's difference is
+        factored by its own SVD and the cut leaves out its trailing singular values.
         """
-        out: dict[str, tuple[Tensor, Tensor]] = {}
         shared: dict[Kind, tuple[Tensor, Tensor]] = {}
         if self.layer_weights is None and self.base_is_original:
             shared = self._kind_factors(rtol)
-        current = None if shared else self.current_weights(torch.float64)
         for p in self.projections:
             if p.kind not in self.edited_kinds:
                 continue
             w0 = self.original[p.key].to(torch.float64)
             if shared:
                 us, v = shared[p.kind]
-                out[p.key] = (w0 @ us, v.T.contiguous())
+                b = w0 @ us
             else:
-                assert current is not None
-                b, v = closed_form.low_rank_factors(current[p.key] - w0, rtol=rtol)
-                out[p.key] = (b, v.T.contiguous())
-        return out
+                b, v = closed_form.low_rank_factors(self._edited_layer(p) - w0, rtol=rtol)
+            keep = b.shape[1] if max_rank is None else min(max_rank, b.shape[1])
+            yield LoraLayer(p.key, b[:, :keep], v[:, :keep].T.contiguous(), float(b.square().sum()),
+                            float(b[:, keep:].square().sum()))
+
+    def lora_factors(self, rtol: float = 1e-10) -> dict[str, tuple[Tensor, Tensor]]:
+        """Exact low-rank factors ``(B, A)`` with ``W_edited = W₀ + B A`` per edited projection (float64), all at once
+        (:meth:`lora_layers` gives them layer by layer)."""
+        return {layer.key: (layer.b, layer.a) for layer in self.lora_layers(rtol)}
+
+
+@dataclass(frozen=True)
+class LoraLayer:
+    """One projection's LoRA factors (:meth:`KVEditor.lora_layers`).
+
+    Attributes:
+        key: the projection's state-dict key.
+        b, a: ``W_edited ≈ W₀ + b a`` (float64, ``out × r`` and ``r × d``).
+        norm2: ``‖W_edited − W₀‖²_F`` (before any rank cut).
+        left_out2: the squared Frobenius norm of what the rank cut left out (0 when exact).
+    """
+
+    key: str
+    b: Tensor
+    a: Tensor
+    norm2: float
+    left_out2: float

@@ -3,9 +3,10 @@
 * ``kv_weights.safetensors``: the edited text-reading weights (``attn2.to_k/to_v``; Flux, SD3: ``context_embedder``)
   keyed by the denoiser's own state-dict keys,
   loadable with ``unet.load_state_dict(load_file(path), strict=False)`` (the UCE checkpoint convention);
-* ``edit_map.safetensors``: the text-side maps ``T`` (``W' = W T``, one per projection kind) with metadata to apply
-  them to the base model or undo them;
-* ``pytorch_lora_weights.safetensors``: an exact LoRA in the diffusers/PEFT format (``unet.<module>.lora_A.weight``
+* ``edit_map.safetensors``: the text-side maps ``T`` (``W' = W T``; one tensor ``T`` when keys and values share it,
+  else one per projection kind) with metadata to apply them to the base model or undo them;
+* ``pytorch_lora_weights.safetensors``: a LoRA of the edit's own rank (exact; or capped, with its error recorded) in
+  the diffusers/PEFT format (``unet.<module>.lora_A.weight``
   / ``lora_B.weight``; ``transformer.`` for Flux and SD3; no alpha so the scale is 1) that ``pipe.load_lora_weights(folder)``
   loads;
 * ``pipeline/``: the whole edited pipeline via ``save_pretrained`` (on request).
@@ -125,7 +126,12 @@ def save_edit_map(editor: KVEditor, path: str | Path, metadata: Mapping[str, Any
         "layers": [p.name for p in editor.projections],
         "rank": editor.edit_rank(),
     }
-    maps = {f"{kind}.T": editor.maps[kind].detach().cpu().clone() for kind in editor.edited_kinds}
+    kinds = list(editor.edited_kinds)
+    if len(kinds) > 1 and all(editor.maps[k] is editor.maps[kinds[0]] for k in kinds):
+        info["shared"] = kinds  # keys and values share one map: stored once, as "T"
+        maps = {"T": editor.maps[kinds[0]].detach().cpu().contiguous()}
+    else:
+        maps = {f"{kind}.T": editor.maps[kind].detach().cpu().contiguous() for kind in kinds}
     with atomic_path(path) as tmp:
         save_file(maps, str(tmp), metadata=_metadata(maps, editor, info))
     return Path(path)
@@ -141,6 +147,8 @@ def load_edit_map(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     except Exception as err:
         raise RECEError(f"could not read the edit map {path}: {err}") from None
     info = _verify(path, tensors, None)
+    if "T" in tensors:  # one map shared by the kinds listed in "shared"
+        return dict.fromkeys(info.get("shared", ["to_k", "to_v"]), tensors["T"]), info
     return {key.removesuffix(".T"): value for key, value in tensors.items()}, info
 
 
@@ -170,20 +178,37 @@ def apply_edit_map(unet: nn.Module, path: str | Path, *, undo: bool = False, ver
                 w.copy_((w.double() @ factor.to(w.device)).to(w.dtype))
 
 
-def save_lora(editor: KVEditor, path: str | Path, rtol: float = 1e-10, metadata: Mapping[str, Any] | None = None) -> Path:
-    """An exact LoRA of the edit in the diffusers/PEFT format (float32 factors, ``W' = W₀ + B A``)."""
+def save_lora(editor: KVEditor, path: str | Path, rtol: float = 1e-10, metadata: Mapping[str, Any] | None = None,
+              max_rank: int | None = None) -> Path:
+    """A LoRA of the edit in the diffusers/PEFT format (float32 factors, ``W' = W₀ + B A``), built layer by layer.
+
+    It carries the edit's own rank (exact), or at most ``max_rank`` directions: then it is the truncated SVD
+    (:meth:`~rece_lightning.editor.KVEditor.lora_layers`) and the metadata's ``lora`` entry records the relative
+    Frobenius error over all layers (``relative_error``) and the worst layer's (``max_layer_relative_error``).
+    """
+    if max_rank is not None and max_rank < 1:
+        raise RECEError(f"the LoRA rank cap must be ≥ 1, got {max_rank}")
     tensors: dict[str, Tensor] = {}
     owners = {p.key: p.owner for p in editor.projections}  # the denoiser's component name: unet, transformer
-    for key, (b, a) in editor.lora_factors(rtol=rtol).items():
-        module = key.removesuffix(".weight")
-        if b.shape[1] == 0:
+    norm2 = left2 = worst = 0.0
+    rank = kept = 0
+    for layer in editor.lora_layers(rtol=rtol, max_rank=max_rank):
+        norm2, left2 = norm2 + layer.norm2, left2 + layer.left_out2
+        worst = max(worst, (layer.left_out2 / layer.norm2) ** 0.5 if layer.norm2 else 0.0)
+        kept = max(kept, layer.b.shape[1])
+        rank = max(rank, layer.b.shape[1] + (layer.left_out2 > 0))
+        if layer.b.shape[1] == 0:
             continue
-        tensors[f"{owners[key]}.{module}.lora_A.weight"] = a.float().cpu().contiguous()
-        tensors[f"{owners[key]}.{module}.lora_B.weight"] = b.float().cpu().contiguous()
+        module = layer.key.removesuffix(".weight")
+        tensors[f"{owners[layer.key]}.{module}.lora_A.weight"] = layer.a.float().cpu().contiguous()
+        tensors[f"{owners[layer.key]}.{module}.lora_B.weight"] = layer.b.float().cpu().contiguous()
     if not tensors:
         raise RECEError("the edit is empty (no projection changed): there is no LoRA to export")
+    info = {"rank": kept, "max_rank": max_rank, "exact": left2 == 0.0,
+            "relative_error": (left2 / norm2) ** 0.5 if norm2 else 0.0, "max_layer_relative_error": worst,
+            "error": "Frobenius norm of (W_edited - W0 - B A) over ||W_edited - W0||, float64, before float32 storage"}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=_metadata(tensors, editor, metadata))
+        save_file(tensors, str(tmp), metadata=_metadata(tensors, editor, {**dict(metadata or {}), "lora": info}))
     return Path(path)
 
 
@@ -194,8 +219,10 @@ def export_edit(
     *,
     pipeline: Any | None = None,
     metadata: Mapping[str, Any] | None = None,
+    lora_max_rank: int | None = None,
 ) -> dict[str, Path]:
-    """Write the requested ``formats`` into ``out_dir``; returns the written paths by format."""
+    """Write the requested ``formats`` into ``out_dir``; returns the written paths by format (``lora_max_rank``: see
+    :func:`save_lora`)."""
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise RECEError(f"unknown export formats {sorted(unknown)}; choose from {list(FORMATS)}")
@@ -206,7 +233,7 @@ def export_edit(
     if "edit_map" in formats and editor.layer_weights is None:
         written["edit_map"] = save_edit_map(editor, out / EDIT_MAP, metadata)
     if "lora" in formats:
-        written["lora"] = save_lora(editor, out / LORA, metadata=metadata)
+        written["lora"] = save_lora(editor, out / LORA, metadata=metadata, max_rank=lora_max_rank)
     if "pipeline" in formats:
         if pipeline is None:
             raise RECEError("exporting the pipeline needs the pipeline object")

@@ -123,7 +123,8 @@ def test_checkpoint_restores_onto_base_model(fitted, tiny_sd1):
     ckpt = fitted / "checkpoints" / "last.ckpt"
     assert len(list((fitted / "checkpoints").glob("best-*.ckpt"))) == 1  # and the best stage by val/nudity_rate
     state = torch.load(ckpt, weights_only=True)  # never a full unpickle
-    assert all(k.endswith(("attn2.to_k.weight", "attn2.to_v.weight")) for k in state["state_dict"])
+    assert state["state_dict"] == {}  # the edit and the base model's fingerprint only: the K/V are rebuilt
+    assert {"maps.to_k", "maps.to_v", "steps.count"} <= set(state["rece"]["state"]) and "base" in state["rece"]
     kv = load_file(fitted / "export" / KV_WEIGHTS)
     module = RECEModule(pretrained=str(tiny_sd1), concepts=["nudity"])
     assert not torch.equal(module.unet.state_dict()[next(iter(kv))], kv[next(iter(kv))])

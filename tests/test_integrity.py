@@ -71,8 +71,8 @@ def test_checkpoint_restores_in_other_dtypes(checkpoint, tiny_sd1):
 
 def test_altered_checkpoint_is_refused(checkpoint, tiny_sd1, tmp_path):
     state = torch.load(checkpoint, weights_only=True)
-    key = next(iter(state["state_dict"]))
-    state["state_dict"][key][0, 0] += 0.01  # finite, plausible, wrong
+    key = next(k for k in state["rece"]["state"] if k.startswith("steps.") and k.endswith(".y"))
+    state["rece"]["state"][key][0, 0] += 0.01  # finite, plausible, wrong
     torch.save(state, tmp_path / "altered.ckpt")
     with pytest.raises(RECEError, match="altered after it was written"):
         _restore(str(tiny_sd1), tmp_path / "altered.ckpt")

@@ -7,7 +7,7 @@ from pathlib import Path
 import lightning as L
 
 from rece_lightning.callbacks.run import run_dir
-from rece_lightning.export import FORMATS, export_edit
+from rece_lightning.export import FORMATS, export_edit, read_metadata
 
 
 class ExportEdit(L.Callback):
@@ -18,10 +18,14 @@ class ExportEdit(L.Callback):
         dirpath: output folder; ``None`` = ``export/`` inside the run's log folder.
         formats: any of ``kv_weights``, ``edit_map``, ``lora``, ``pipeline`` (the whole edited pipeline via
             ``save_pretrained``: several GB for Stable Diffusion, so off by default).
+        lora_max_rank: at most this many directions in the LoRA (``None``: the edit's own rank, exact); a cut LoRA
+            is the truncated SVD and its relative error is printed and recorded in the file's metadata.
     """
 
-    def __init__(self, dirpath: str | None = None, formats: list[str] | None = None) -> None:
+    def __init__(self, dirpath: str | None = None, formats: list[str] | None = None,
+                 lora_max_rank: int | None = None) -> None:
         self.dirpath = dirpath
+        self.lora_max_rank = lora_max_rank
         self.formats = list(formats or ["kv_weights", "edit_map", "lora"])
         unknown = set(self.formats) - set(FORMATS)
         if unknown:
@@ -38,7 +42,13 @@ class ExportEdit(L.Callback):
         if callable(getattr(pl_module, "kept_stage", None)):  # which stage was kept and why (kept_stage.json)
             metadata["kept_stage"] = pl_module.kept_stage()
         self.written = export_edit(
-            pl_module.editor, out, self.formats, pipeline=getattr(pl_module, "pipeline", None), metadata=metadata
+            pl_module.editor, out, self.formats, pipeline=getattr(pl_module, "pipeline", None), metadata=metadata,
+            lora_max_rank=self.lora_max_rank,
         )
         for fmt, path in self.written.items():
-            print(f"rece: exported {fmt} to {path}")
+            lora = read_metadata(path).get("lora") if fmt == "lora" else None
+            about = "" if lora is None else (f" (rank {lora['rank']}, exact)" if lora["exact"] else
+                                             f" (rank {lora['rank']}, truncated SVD: relative error "
+                                             f"{lora['relative_error']:.3g}, worst layer "
+                                             f"{lora['max_layer_relative_error']:.3g})")
+            print(f"rece: exported {fmt} to {path}{about}")

@@ -45,10 +45,12 @@ class ImageGridLogger(CachedEvaluation, L.Callback):
     cache_kind = "grid"
 
     def cache_parts(self, trainer: L.Trainer, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The first ``max_images`` rows and the grid's layout."""
         first = sorted(rows, key=lambda r: int(r["row"]))[: self.max_images]
         return {"rows": first, "grid": {"max_images": self.max_images, "columns": self.columns}}
 
     def cache_label(self) -> str:
+        """``image grid``."""
         return "image grid"
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

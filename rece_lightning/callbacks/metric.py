@@ -117,11 +117,13 @@ class ImageMetric(CachedEvaluation, L.Callback, ABC):
         return {}
 
     def cache_parts(self, trainer: L.Trainer, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The rows this metric scores (``sources``), its class, :meth:`protocol` and :meth:`cache_state`."""
         scored = [r for r in rows if self.sources is None or r.get("source") in self.sources]
         metric = f"{type(self).__module__}.{type(self).__qualname__}"
         return {"rows": scored, "metric": {"callback": metric, "protocol": self.protocol(), **self.cache_state()}}
 
     def cache_label(self) -> str:
+        """``<name> records``."""
         return f"{self.name} records"
 
     # ------------------------------------------------------------------------------------ pure steps
