@@ -9,7 +9,10 @@ Erasing loads only the text encoders and the text-reading layers (read from the 
 UNet / transformer.
 
     python bench/erase_speed.py [--family sd14|sd2|sdxl|flux|sd3] [--size full|tiny] [--repeats 5] [--dtype float32]
-                                [--device cuda] [--fit-process]
+                                [--device cuda] [--fit-process] [--profile]
+
+``--profile`` runs the same ``rece fit`` under cProfile in a child process and prints its time by phase (imports,
+loading the text side, erase, checkpoints, exports, the Trainer and the rest).
 
 Random pipelines (``python -m rece_lightning.random_pipeline``, float16; SD-1.4 ~2 GB, SDXL ~7 GB, Flux ~33 GB in
 bfloat16, SD3-medium ~15 GB in bfloat16) are cached under bench/.cache/ (ignored by git).
@@ -109,9 +112,14 @@ def erase_only(model: str, out: str, dtype: str) -> None:
     loaded = time.perf_counter()
     editor = module.erase()
     erased = time.perf_counter()
-    export_edit(editor, out, ["kv_weights", "edit_map", "lora"])
+    written = export_edit(editor, out, ["kv_weights", "edit_map", "lora"])
     done = time.perf_counter()
     peak = peak_rss_gb()
+    from rece_lightning.export import read_metadata
+
+    lora = read_metadata(written["lora"])["lora"]
+    print("exports: " + ", ".join(f"{fmt} {path.stat().st_size / 1e6:.1f} MB" for fmt, path in written.items())
+          + f"; LoRA rank {lora['rank']} (exact: {lora['exact']})")
     print(f"erase-only run ({module.family.name}, {dtype}; denoiser loaded: {not module.family.text_only}): imports "
           f"{imported - start:.1f} s, load text side {loaded - imported:.1f} s, erase {erased - loaded:.1f} s, export "
           f"{done - erased:.1f} s; peak RSS {peak:.2f} GB")
@@ -143,6 +151,50 @@ def fit_process(model: Path, family: str) -> None:
         print(f"    run folder: {folder_size(run) / 1e6:.1f} MB")
 
 
+PHASES = {  # (file suffix, function) → phase of a `rece fit` without validation
+    ("rece_lightning/module.py", "__init__"): "load the text side (RECEModule.__init__)",
+    ("rece_lightning/recipe.py", "run"): "erase (the recipe's stages)",
+    ("lightning/pytorch/trainer/trainer.py", "save_checkpoint"): "checkpoints (Trainer.save_checkpoint)",
+    ("rece_lightning/callbacks/export.py", "on_fit_end"): "exports (ExportEdit)",
+}
+
+
+def profile_fit(model: str, config: str) -> None:
+    """Child process: import the CLI (timed), run ``rece fit`` without validation under cProfile and print where
+    its time goes, by phase (cumulative times of the functions in :data:`PHASES`; the rest is the Trainer's)."""
+    import cProfile
+    import pstats
+
+    start = time.perf_counter()
+    from rece_lightning.cli import main as rece
+
+    imported = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as root:
+        profiler = cProfile.Profile()
+        begin = time.perf_counter()
+        profiler.enable()
+        try:
+            rece(["fit", "--config", config, "--model.pretrained", model, "--model.validate_original", "false",
+                  "--data.val_prompts", "null", "--trainer.default_root_dir", root,
+                  "--trainer.enable_progress_bar", "false"])
+        except SystemExit as done:
+            if done.code:
+                raise
+        profiler.disable()
+        total = time.perf_counter() - begin
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    phases: dict[str, float] = {}
+    for (file, _, function), (_, _, _, cumulative, _) in stats.items():
+        for (suffix, name), phase in PHASES.items():
+            if function == name and file.endswith(suffix):
+                phases[phase] = max(phases.get(phase, 0.0), cumulative)
+    print(f"imports (rece_lightning.cli, Lightning, torch, diffusers): {imported:.1f} s")
+    for phase in PHASES.values():
+        print(f"{phase}: {phases.get(phase, 0.0):.1f} s")
+    print(f"Trainer and the rest: {total - sum(phases.values()):.1f} s")
+    print(f"whole fit after the imports: {total:.1f} s; peak RSS {peak_rss_gb():.2f} GB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -152,10 +204,16 @@ def main() -> None:
     parser.add_argument("--family", default="sd14", choices=("sd14", "sd2", "sdxl", "flux", "sd3"))
     parser.add_argument("--size", default="full", choices=("full", "tiny"))
     parser.add_argument("--fit-process", action="store_true", help="also time a whole `rece fit` process")
+    parser.add_argument("--profile", action="store_true", help="where a `rece fit` without validation spends its "
+                        "time: imports, loading, erase, checkpoints, exports, the Trainer (cProfile, in a child)")
     parser.add_argument("--erase-only", nargs=2, metavar=("MODEL", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--profile-fit", nargs=2, metavar=("MODEL", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.erase_only:
         erase_only(*args.erase_only, args.memory_dtype)
+        return
+    if args.profile_fit:
+        profile_fit(*args.profile_fit)
         return
     model = ensure_model(args.family, args.size)
     if args.repeats:
@@ -165,6 +223,9 @@ def main() -> None:
                        check=True)
     if args.fit_process:
         fit_process(model, args.family)
+    if args.profile:
+        config = HERE.parent / "configs" / ("nudity_sdxl.yaml" if args.family == "sdxl" else "nudity.yaml")
+        subprocess.run([sys.executable, __file__, "--profile-fit", str(model), str(config)], check=True)
 
 
 if __name__ == "__main__":
