@@ -38,8 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rece_lightning.files import atomic_path, file_sha256
-from rece_lightning.integrity import tensor_sha256
+from rece_lightning.files import atomic_path, file_sha256, tensor_sha256
 
 __all__ = ["CACHE_DIR_ENV", "CACHE_ENV", "EvalCache", "cache_dir", "cache_enabled", "content_key", "model_identity",
            "pack_records", "unpack_records"]

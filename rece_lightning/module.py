@@ -32,9 +32,9 @@ from rece_lightning.config import GenerationConfig, RECEConfig, UCEConfig, as_co
 from rece_lightning.editor import KVEditor
 from rece_lightning.eval_cache import model_identity
 from rece_lightning.family import ModelFamily
+from rece_lightning.files import tensor_sha256
 from rece_lightning.generation import generate
 from rece_lightning.image_store import ImageStore, fingerprint
-from rece_lightning.integrity import tensor_sha256
 from rece_lightning.model_source import TESTBED
 from rece_lightning.pipeline import attach_denoiser, load_family, resolve_dtype
 from rece_lightning.recipe import ORIGINAL, Recipe, read_preserve_csv, selection_rule

@@ -47,8 +47,7 @@ from rece_lightning.callbacks.inception import FID_EXTRA, INCEPTION_URL, INCEPTI
 from rece_lightning.callbacks.metric import ImageMetric
 from rece_lightning.callbacks.run import run_dir, warn
 from rece_lightning.errors import RECEError
-from rece_lightning.files import atomic_path, file_sha256
-from rece_lightning.integrity import tensor_sha256
+from rece_lightning.files import atomic_path, file_sha256, tensor_sha256
 from rece_lightning.model_source import TESTBED, is_testbed
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
