@@ -140,7 +140,7 @@ def fit_process(model: Path, family: str) -> None:
                "--data.val_prompts", "null", "--trainer.default_root_dir", root,
                "--trainer.enable_progress_bar", "false"]
         start = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True)
+        result = subprocess.run(cmd, check=True, capture_output=True, text=True)
         seconds = time.perf_counter() - start
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2  # the largest child: this process
         print(f"rece fit --config configs/{config} (no validation) as a whole process: {seconds:.1f} s, "
@@ -149,6 +149,9 @@ def fit_process(model: Path, family: str) -> None:
         for file in sorted(run.rglob("*.ckpt")) + sorted(run.rglob("export/*")):
             print(f"    {file.relative_to(run)}: {file.stat().st_size / 1e6:.1f} MB")
         print(f"    run folder: {folder_size(run) / 1e6:.1f} MB")
+        for line in result.stdout.splitlines():
+            if line.startswith("rece: exported lora"):
+                print(f"    {line}")
 
 
 PHASES = {  # (file suffix, function) → phase of a `rece fit` without validation
@@ -204,6 +207,7 @@ def main() -> None:
     parser.add_argument("--family", default="sd14", choices=("sd14", "sd2", "sdxl", "flux", "sd3"))
     parser.add_argument("--size", default="full", choices=("full", "tiny"))
     parser.add_argument("--fit-process", action="store_true", help="also time a whole `rece fit` process")
+    parser.add_argument("--skip-erase-only", action="store_true", help="skip the erase-only memory run")
     parser.add_argument("--profile", action="store_true", help="where a `rece fit` without validation spends its "
                         "time: imports, loading, erase, checkpoints, exports, the Trainer (cProfile, in a child)")
     parser.add_argument("--erase-only", nargs=2, metavar=("MODEL", "OUT"), help=argparse.SUPPRESS)
@@ -218,9 +222,10 @@ def main() -> None:
     model = ensure_model(args.family, args.size)
     if args.repeats:
         time_recipe(model, args.dtype, args.repeats, torch.device(args.device))
-    with tempfile.TemporaryDirectory() as out:
-        subprocess.run([sys.executable, __file__, "--memory-dtype", args.memory_dtype, "--erase-only", str(model), out],
-                       check=True)
+    if not args.skip_erase_only:
+        with tempfile.TemporaryDirectory() as out:
+            subprocess.run([sys.executable, __file__, "--memory-dtype", args.memory_dtype, "--erase-only", str(model),
+                            out], check=True)
     if args.fit_process:
         fit_process(model, args.family)
     if args.profile:

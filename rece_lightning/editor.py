@@ -445,7 +445,7 @@ class KVEditor:
             else:
                 b, v = closed_form.low_rank_factors(self._edited_layer(p) - w0, rtol=rtol)
             keep = b.shape[1] if max_rank is None else min(max_rank, b.shape[1])
-            yield LoraLayer(p.key, b[:, :keep], v[:, :keep].T.contiguous(), float(b.square().sum()),
+            yield LoraLayer(p.key, b[:, :keep], v[:, :keep].T.contiguous(), b.shape[1], float(b.square().sum()),
                             float(b[:, keep:].square().sum()))
 
     def lora_factors(self, rtol: float = 1e-10) -> dict[str, tuple[Tensor, Tensor]]:
@@ -461,6 +461,7 @@ class LoraLayer:
     Attributes:
         key: the projection's state-dict key.
         b, a: ``W_edited ≈ W₀ + b a`` (float64, ``out × r`` and ``r × d``).
+        rank: the rank of the layer's difference before any cut (above the SVD tolerance).
         norm2: ``‖W_edited − W₀‖²_F`` (before any rank cut).
         left_out2: the squared Frobenius norm of what the rank cut left out (0 when exact).
     """
@@ -468,5 +469,6 @@ class LoraLayer:
     key: str
     b: Tensor
     a: Tensor
+    rank: int
     norm2: float
     left_out2: float

@@ -196,7 +196,7 @@ def save_lora(editor: KVEditor, path: str | Path, rtol: float = 1e-10, metadata:
         norm2, left2 = norm2 + layer.norm2, left2 + layer.left_out2
         worst = max(worst, (layer.left_out2 / layer.norm2) ** 0.5 if layer.norm2 else 0.0)
         kept = max(kept, layer.b.shape[1])
-        rank = max(rank, layer.b.shape[1] + (layer.left_out2 > 0))
+        rank = max(rank, layer.rank)
         if layer.b.shape[1] == 0:
             continue
         module = layer.key.removesuffix(".weight")
@@ -204,7 +204,7 @@ def save_lora(editor: KVEditor, path: str | Path, rtol: float = 1e-10, metadata:
         tensors[f"{owners[layer.key]}.{module}.lora_B.weight"] = layer.b.float().cpu().contiguous()
     if not tensors:
         raise RECEError("the edit is empty (no projection changed): there is no LoRA to export")
-    info = {"rank": kept, "max_rank": max_rank, "exact": left2 == 0.0,
+    info = {"rank": kept, "edit_rank": rank, "max_rank": max_rank, "exact": left2 == 0.0,
             "relative_error": (left2 / norm2) ** 0.5 if norm2 else 0.0, "max_layer_relative_error": worst,
             "error": "Frobenius norm of (W_edited - W0 - B A) over ||W_edited - W0||, float64, before float32 storage"}
     with atomic_path(path) as tmp:

@@ -44,10 +44,10 @@ def test_lora_carries_the_edit_rank_or_a_recorded_cut(tiny_sd1, tmp_path):
     rank = editor.edit_rank()
     assert rank > 2
     exact = read_metadata(save_lora(editor, tmp_path / "exact.safetensors"))["lora"]
-    assert exact["exact"] and exact["rank"] == rank and exact["relative_error"] == 0.0
+    assert exact["exact"] and exact["rank"] == exact["edit_rank"] == rank and exact["relative_error"] == 0.0
     path = save_lora(editor, tmp_path / "cut.safetensors", max_rank=2)
     info = read_metadata(path)["lora"]
-    assert not info["exact"] and info["rank"] == 2 and info["max_rank"] == 2
+    assert not info["exact"] and info["rank"] == 2 and info["max_rank"] == 2 and info["edit_rank"] == rank
     # the recorded error, checked against the factors actually written (float32) and the edited weights (float64)
     current = editor.current_weights(torch.float64)
     left = total = 0.0

@@ -48,7 +48,7 @@ class ExportEdit(L.Callback):
         for fmt, path in self.written.items():
             lora = read_metadata(path).get("lora") if fmt == "lora" else None
             about = "" if lora is None else (f" (rank {lora['rank']}, exact)" if lora["exact"] else
-                                             f" (rank {lora['rank']}, truncated SVD: relative error "
+                                             f" (rank {lora['rank']} of {lora['edit_rank']}, truncated SVD: relative error "
                                              f"{lora['relative_error']:.3g}, worst layer "
                                              f"{lora['max_layer_relative_error']:.3g})")
             print(f"rece: exported {fmt} to {path}{about}")
