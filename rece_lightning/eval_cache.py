@@ -27,7 +27,6 @@ empty it (:mod:`rece_lightning.cache_command`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -65,9 +64,10 @@ def cache_enabled() -> bool:
 
 
 def content_key(parts: Mapping[str, Any]) -> str:
-    """SHA-256 (hex) of ``parts`` as canonical JSON (sorted keys; other objects by their ``str``)."""
+    """SHA-256 (hex) of ``parts`` as canonical JSON (sorted keys; other objects by their ``str``), by
+    :func:`~rece_lightning.files.tensor_sha256` (the package's one hasher)."""
     text = json.dumps({"format": FORMAT, **parts}, sort_keys=True, default=str, ensure_ascii=True)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return tensor_sha256({}, text)
 
 
 def _folder_listing(path: Path) -> list[tuple[str, int, int]]:
@@ -132,7 +132,7 @@ def unpack_records(records: Sequence[Mapping[str, Any]], tensors: Mapping[str, T
 
 
 def _digest(meta_text: str, tensors: Mapping[str, Tensor]) -> str:
-    return hashlib.sha256(meta_text.encode() + tensor_sha256(tensors).encode()).hexdigest()
+    return tensor_sha256(tensors, meta_text)
 
 
 class EvalCache:
