@@ -8,13 +8,14 @@
 * ``pytorch_lora_weights.safetensors``: an exact LoRA in the diffusers/PEFT format (``unet.<module>.lora_A.weight``
   / ``lora_B.weight``; ``transformer.`` for Flux and SD3; no alpha so the scale is 1) that ``pipe.load_lora_weights(folder)``
   loads;
-* ``pipeline/``: the whole edited pipeline via ``save_pretrained`` (on request).
+* ``pipeline/``: the whole edited pipeline via ``save_pretrained`` (on request);
+* ``README.md``: the model card (:mod:`rece_lightning.model_card`), written last, when given.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ KV_WEIGHTS = "kv_weights.safetensors"
 EDIT_MAP = "edit_map.safetensors"
 LORA = "pytorch_lora_weights.safetensors"
 PIPELINE = "pipeline"
+CARD = "README.md"
 FORMATS = ("kv_weights", "edit_map", "lora", "pipeline")
 
 
@@ -194,8 +196,13 @@ def export_edit(
     *,
     pipeline: Any | None = None,
     metadata: Mapping[str, Any] | None = None,
+    card: Callable[[Mapping[str, Path]], str] | None = None,
 ) -> dict[str, Path]:
-    """Write the requested ``formats`` into ``out_dir``; returns the written paths by format."""
+    """Write the requested ``formats`` into ``out_dir``; returns the written paths by format.
+
+    ``card`` makes the model card's text from the written files; it is written last (``README.md``, key ``card``),
+    so that a card never names a file that is not there.
+    """
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise RECEError(f"unknown export formats {sorted(unknown)}; choose from {list(FORMATS)}")
@@ -214,4 +221,9 @@ def export_edit(
         with atomic_dir(out / PIPELINE) as tmp:
             pipeline.save_pretrained(tmp, safe_serialization=True)
         written["pipeline"] = out / PIPELINE
+    if card is not None:
+        text = card(dict(written))
+        with atomic_path(out / CARD) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        written["card"] = out / CARD
     return written

@@ -20,11 +20,12 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from rece_lightning.attacks import Attack, AttackTarget, NoAttack
-from rece_lightning.callbacks.metric import ImageMetric
+from rece_lightning.callbacks.console import say
+from rece_lightning.callbacks.metric import judges as metric_judges
 from rece_lightning.checkpoint import Best, load_edit, save_edit
 from rece_lightning.closed_form import Technique
 from rece_lightning.config import GenerationConfig, RECEConfig, UCEConfig, as_config, check_choice
@@ -278,8 +279,8 @@ class RECEModule(L.LightningModule):
             stop = self.selection.update(self.stage, self.trainer.callback_metrics, candidate=self.stage != ORIGINAL)
             if self.selection.kept != before:
                 self._best = (float(self.selection.score), self.stage, self.editor.snapshot())  # type: ignore[arg-type]
-            if stop:
-                rank_zero_info(f"rece: {self.selection.stopped}")
+            if stop and self.trainer.is_global_zero:
+                say(f"rece: {self.selection.stopped}")
         if stop or self.stage_index >= len(self.stages) - 1:
             self.trainer.should_stop = True
 
@@ -289,7 +290,8 @@ class RECEModule(L.LightningModule):
             score, stage, state = self._best
             self.recipe.restore(stage, state)
             metric = self.selection.rule.metric if self.selection is not None else self.hparams.keep_best
-            rank_zero_info(f"rece: kept stage {stage!r} ({metric} = {score:.4g})")
+            if self.trainer.is_global_zero:
+                say(f"rece: kept stage {stage!r} ({metric} = {score:.4g})")
         if self.trainer.is_global_zero and self.trainer.logger is not None and self.trainer.logger.log_dir:
             write_kept_stage(self.trainer.logger.log_dir, self.kept_stage())
 
@@ -377,8 +379,7 @@ class RECEModule(L.LightningModule):
         return self._generate_batch(batch)
 
     def on_test_start(self) -> None:
-        judges = [cb for cb in self.trainer.callbacks
-                  if isinstance(cb, ImageMetric) and type(cb).success is not ImageMetric.success]
+        judges = metric_judges(self.trainer.callbacks)
         self.attack_target = AttackTarget(self.pipeline, self.text, self.editor, self.generation,
                                           judge=judges[0].judge if judges else None,
                                           pipeline_kwargs=dict(self.family.generation_kwargs()), family=self.family)

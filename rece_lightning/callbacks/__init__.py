@@ -5,6 +5,7 @@ from rece_lightning.callbacks.classifier import ClassifierAccuracy
 from rece_lightning.callbacks.clip_score import CLIPScoreMetric
 from rece_lightning.callbacks.export import ExportEdit
 from rece_lightning.callbacks.fid import FrechetDistance
+from rece_lightning.callbacks.hparams import HParamsSummary
 from rece_lightning.callbacks.image_grid import ImageGridLogger
 from rece_lightning.callbacks.metric import ImageMetric
 from rece_lightning.callbacks.nudenet import NudeNetMetric
@@ -17,6 +18,7 @@ __all__ = [
     "ClassifierAccuracy",
     "ExportEdit",
     "FrechetDistance",
+    "HParamsSummary",
     "ImageGridLogger",
     "ImageMetric",
     "NudeNetMetric",
