@@ -9,17 +9,17 @@ Lightning-free (the model card and export use it).
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rece_lightning.errors import RECEError
+
 __all__ = ["RECIPE_KNOBS", "better_direction", "is_fraction", "kept_record", "kept_stage", "markdown_table",
            "recipe_knobs", "stage_metrics"]
 
-_FRACTION = re.compile(r"(rate|preservation|accuracy|asr)$")
 _LOWER_IS_BETTER = re.compile(r"(^|_)(rate|asr|fd|fid|distance|images)($|_)")
 
 
@@ -48,30 +48,18 @@ def recipe_knobs(hparams: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def stage_metrics(run: str | Path, stages: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
-    """``{stage: {metric: value}}`` from ``<run>/eval/<stage>/*.json`` summaries (``rece fit``'s stages, not the
-    ``test-…`` folders of ``rece test``), in the order of ``stages`` (stages without results are left out), else in
-    the order the folders were written. Non-finite values (written as ``null``) are left out."""
-    root = Path(run) / "eval"
-    folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith("test-")] if root.is_dir() else []
-    if stages is not None:
-        by_name = {p.name: p for p in folders}
-        folders = [by_name[s] for s in stages if s in by_name]
-    else:
-        folders.sort(key=lambda p: min((f.stat().st_mtime for f in p.glob("*.json")), default=p.stat().st_mtime))
-    out: dict[str, dict[str, float]] = {}
-    for folder in folders:
-        metrics: dict[str, float] = {}
-        for path in sorted(folder.glob("*.json")):
-            try:
-                summary: Any = json.loads(path.read_text(encoding="utf-8")).get("summary") or {}
-            except (OSError, ValueError, AttributeError):
-                continue  # not an evaluation document
-            for key, value in summary.items():
-                if isinstance(value, int | float) and math.isfinite(value):
-                    metrics[str(key)] = float(value)
-        if metrics:
-            out[folder.name] = metrics
-    return out
+    """``{stage: {metric: value}}`` of ``rece fit``'s stages (not the ``test-…`` folders of ``rece test``) as
+    ``rece report`` reads them (:func:`rece_lightning.report.run_metrics`), in the order of ``stages`` (stages
+    without results are left out); finite values only; ``{}`` while nothing can be read."""
+    from rece_lightning.report import run_metrics
+
+    try:
+        metrics = run_metrics(run)
+    except RECEError:
+        return {}
+    order = list(stages) if stages is not None else list(metrics)
+    return {stage: {k: v for k, v in metrics[stage].items() if math.isfinite(v)}
+            for stage in order if stage in metrics and not stage.startswith("test-")}
 
 
 def kept_record(pl_module: Any) -> dict[str, Any]:
@@ -89,9 +77,11 @@ def kept_stage(pl_module: Any) -> str | None:
 
 
 def is_fraction(metric: str) -> bool:
-    """A rate in ``[0, 1]`` (shown in %): names ending in ``rate``, ``preservation``, ``accuracy`` or ``asr`` at
-    any level (``val/concept_rate/implicit``, ``val/preservation``, ``test/no_attack/asr``)."""
-    return any(_FRACTION.search(part) for part in metric.split("/"))
+    """A rate in ``[0, 1]`` (shown in %), named as ``rece report`` names rates (:data:`rece_lightning.report.RATE_WORDS`:
+    ``val/concept_rate/implicit``, ``val/preservation``, ``test/no_attack/asr``)."""
+    from rece_lightning.report import RATE_WORDS
+
+    return any(word in metric for word in RATE_WORDS)
 
 
 def better_direction(metric: str) -> str:
