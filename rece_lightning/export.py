@@ -3,8 +3,9 @@
 * ``kv_weights.safetensors``: the edited text-reading weights (``attn2.to_k/to_v``; Flux, SD3: ``context_embedder``)
   keyed by the denoiser's own state-dict keys,
   loadable with ``unet.load_state_dict(load_file(path), strict=False)`` (the UCE checkpoint convention);
-* ``edit_map.safetensors``: the text-side maps ``T`` (``W' = W T``, one per projection kind) with metadata to apply
-  them to the base model or undo them;
+* ``edit_map.safetensors``: the text-side maps ``T`` (``W' = W T``, one per projection kind, ``<kind>.T``; a family
+  with several input spaces adds one per space, ``<space>.<kind>.T``, :mod:`rece_lightning.spaces`) with metadata to
+  apply them to the base model or undo them;
 * ``pytorch_lora_weights.safetensors``: an exact LoRA in the diffusers/PEFT format (``unet.<module>.lora_A.weight``
   / ``lora_B.weight``; ``transformer.`` for Flux and SD3; no alpha so the scale is 1) that ``pipe.load_lora_weights(folder)``
   loads;
@@ -24,11 +25,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from rece_lightning.cross_attention import check_kv_weights, write_weights
+from rece_lightning.cross_attention import MAIN_SPACE, check_kv_weights, write_weights
 from rece_lightning.editor import KVEditor
 from rece_lightning.errors import RECEError
 from rece_lightning.files import atomic_dir, atomic_path, tensor_sha256
 from rece_lightning.integrity import base_fingerprint, check_base, check_sha256
+from rece_lightning.spaces import SpacedEditor, group_by_space
 
 KV_WEIGHTS = "kv_weights.safetensors"
 EDIT_MAP = "edit_map.safetensors"
@@ -38,7 +40,7 @@ CARD = "README.md"
 FORMATS = ("kv_weights", "edit_map", "lora", "pipeline")
 
 
-def _metadata(tensors: Mapping[str, Tensor], editor: KVEditor, extra: Mapping[str, Any] | None) -> dict[str, str]:
+def _metadata(tensors: Mapping[str, Tensor], editor: KVEditor | SpacedEditor, extra: Mapping[str, Any] | None) -> dict[str, str]:
     """The metadata written with every export: the caller's, a SHA-256 of the file's tensors and a fingerprint of
     the base model's original weights (:mod:`rece_lightning.integrity`), checked when the file is loaded."""
     info = {**dict(extra or {}), "sha256": tensor_sha256(tensors), "base_fingerprint": base_fingerprint(editor.original)}
@@ -97,7 +99,7 @@ def text_layers_of(denoiser: nn.Module) -> list:
     raise RECEError(f"{type(denoiser).__name__} has no text-reading layer of a supported family: {errors[0]}")
 
 
-def save_kv_weights(editor: KVEditor, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
+def save_kv_weights(editor: KVEditor | SpacedEditor, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
     """The edited K/V weights, keyed by UNet state-dict keys, in the model's dtype."""
     weights = {k: v.detach().cpu().contiguous() for k, v in editor.current_weights().items()}
     with atomic_path(path) as tmp:
@@ -116,10 +118,17 @@ def load_kv_into(unet: nn.Module, path: str | Path, *, verify_base: bool = True)
     write_weights(projections, check_kv_weights(projections, weights, str(path)))
 
 
-def save_edit_map(editor: KVEditor, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
-    """The maps ``T`` (float64) of a "replace" edit: ``W_edited = W_base T``, one map per projection kind."""
+def _map_key(space: str, kind: str) -> str:
+    """The edit-map key of one space's map of one kind: ``<kind>.T``, ``<space>.<kind>.T`` beyond the tokens."""
+    return f"{kind}.T" if space == MAIN_SPACE else f"{space}.{kind}.T"
+
+
+def save_edit_map(editor: KVEditor | SpacedEditor, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
+    """The maps ``T`` (float64) of a "replace" edit: ``W_edited = W_base T``, one map per projection kind and input
+    space."""
     if editor.layer_weights is not None:
         raise RECEError("the 'tensor' technique edits each layer differently; export kv_weights or lora instead")
+    editors = editor.editors if isinstance(editor, SpacedEditor) else {MAIN_SPACE: editor}
     info = {
         **dict(metadata or {}),
         "edited_kinds": list(editor.edited_kinds),
@@ -127,14 +136,19 @@ def save_edit_map(editor: KVEditor, path: str | Path, metadata: Mapping[str, Any
         "layers": [p.name for p in editor.projections],
         "rank": editor.edit_rank(),
     }
-    maps = {f"{kind}.T": editor.maps[kind].detach().cpu().clone() for kind in editor.edited_kinds}
+    if len(editors) > 1:
+        info["spaces"] = {name: {"layers": [p.name for p in e.projections], "rank": e.edit_rank()}
+                          for name, e in editors.items()}
+    maps = {_map_key(name, kind): e.maps[kind].detach().cpu().clone()
+            for name, e in editors.items() for kind in e.edited_kinds}
     with atomic_path(path) as tmp:
         save_file(maps, str(tmp), metadata=_metadata(maps, editor, info))
     return Path(path)
 
 
 def load_edit_map(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Maps keyed by projection kind (``to_k``/``to_v``) and the metadata they were saved with (hash checked)."""
+    """Maps keyed by projection kind (``to_k``/``to_v``; ``<space>.<kind>`` for another input space) and the
+    metadata they were saved with (hash checked)."""
     path = Path(path)
     if not path.is_file():
         raise RECEError(f"edit map {path} does not exist")
@@ -156,8 +170,13 @@ def apply_edit_map(unet: nn.Module, path: str | Path, *, undo: bool = False, ver
     projections = text_layers_of(unet)
     if verify_base and not undo:
         check_base(info.get("base_fingerprint"), {p.key: p.module.weight for p in projections}, str(path))
-    dim = projections[0].module.in_features
-    for kind, t in maps.items():
+    groups = group_by_space(projections)
+    for key, t in maps.items():
+        space, kind = key.rsplit(".", 1) if "." in key else (MAIN_SPACE, key)
+        if space not in groups:
+            raise RECEError(f"edit map {path} holds a map of the input space {space!r}, which this "
+                            f"{type(unet).__name__} does not read (its spaces: {list(groups)})")
+        dim = groups[space][0].module.in_features
         if t.shape != (dim, dim):
             raise RECEError(f"edit map {path} is {tuple(t.shape)}, this UNet's text width is {dim}")
         if undo and float(torch.linalg.cond(t)) > 1e8:
@@ -166,13 +185,13 @@ def apply_edit_map(unet: nn.Module, path: str | Path, *, undo: bool = False, ver
                 "from the map; reload the original weights instead (KVEditor.restore_original, or the base model)"
             )
         factor = torch.linalg.inv(t) if undo else t
-        for p in projections:
+        for p in groups[space]:
             if p.kind == kind:
                 w = p.module.weight
                 w.copy_((w.double() @ factor.to(w.device)).to(w.dtype))
 
 
-def save_lora(editor: KVEditor, path: str | Path, rtol: float = 1e-10, metadata: Mapping[str, Any] | None = None) -> Path:
+def save_lora(editor: KVEditor | SpacedEditor, path: str | Path, rtol: float = 1e-10, metadata: Mapping[str, Any] | None = None) -> Path:
     """An exact LoRA of the edit in the diffusers/PEFT format (float32 factors, ``W' = W₀ + B A``)."""
     tensors: dict[str, Tensor] = {}
     owners = {p.key: p.owner for p in editor.projections}  # the denoiser's component name: unet, transformer
@@ -190,7 +209,7 @@ def save_lora(editor: KVEditor, path: str | Path, rtol: float = 1e-10, metadata:
 
 
 def export_edit(
-    editor: KVEditor,
+    editor: KVEditor | SpacedEditor,
     out_dir: str | Path,
     formats: Sequence[str] = ("kv_weights", "edit_map", "lora"),
     *,

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from rece_lightning.errors import RECEError
-from rece_lightning.family import ContextEmbedderFamily
+from rece_lightning.family import POOLED_SPACE, ContextEmbedderFamily
 from rece_lightning.text import EncodedText, TextEncoder
 
 MAX_SEQUENCE_LENGTH = 512  # FluxPipeline's default (FLUX.1-dev); FLUX.1-schnell uses 256
@@ -69,7 +69,9 @@ class FluxTextEncoder(TextEncoder):
             pooled = out.pooler_output.detach().to("cpu", torch.float64)
         lengths = tokens.attention_mask.sum(dim=1).tolist()
         return [EncodedText(text=text, embedding=hidden[i], length=int(lengths[i]),
-                            pooled=None if pooled is None else pooled[i]) for i, text in enumerate(todo)]
+                            pooled=None if pooled is None else pooled[i],
+                            spaces={} if pooled is None else {POOLED_SPACE: EncodedText.single_row(text, pooled[i])})
+                for i, text in enumerate(todo)]
 
     # vocabulary, decode and encode_token_ids: the base class's, on T5 (no start token, ``</s>``, ``<pad>``)
 
@@ -101,8 +103,11 @@ class FluxFamily(ContextEmbedderFamily):
         return cls.has_transformer_and_second_encoder(pipeline) and not cls.has_third_encoder_slot(pipeline)
 
     def make_text_encoder(self) -> TextEncoder:
-        """T5 (and the pooled CLIP encoder), after checking that ``context_embedder`` reads T5's width."""
+        """T5 and the pooled CLIP encoder, after checking that ``context_embedder`` reads T5's width."""
         pipe = self.pipeline
+        if getattr(pipe, "text_encoder", None) is None:
+            raise RECEError("this Flux pipeline has no text_encoder (CLIP), whose pooled embedding the transformer's "
+                            "time_text_embed.text_embedder.linear_1 reads and the edit maps; load it with the pipeline")
         width = self.denoiser.config.joint_attention_dim
         hidden = int(pipe.text_encoder_2.config.d_model)
         if width != hidden:

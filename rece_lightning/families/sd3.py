@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from rece_lightning.errors import RECEError
-from rece_lightning.family import ContextEmbedderFamily
+from rece_lightning.family import POOLED_SPACE, ContextEmbedderFamily
 from rece_lightning.text import EncodedText, TextEncoder
 
 MAX_SEQUENCE_LENGTH = 256  # StableDiffusion3Pipeline's default
@@ -100,7 +100,8 @@ class SD3TextEncoder(TextEncoder):
         embedding = torch.cat([joint, t5], dim=-2)
         pooled_all = torch.cat(pooled, dim=-1)
         assert lengths is not None
-        return [EncodedText(text=text, embedding=embedding[i], length=int(lengths[i]), pooled=pooled_all[i])
+        return [EncodedText(text=text, embedding=embedding[i], length=int(lengths[i]), pooled=pooled_all[i],
+                            spaces={POOLED_SPACE: EncodedText.single_row(text, pooled_all[i])})
                 for i, text in enumerate(todo)]
 
     # ------------------------------------------------------------------ token level: not available for SD3
