@@ -130,8 +130,10 @@ class StableDiffusion3Family(ContextEmbedderFamily):
     @classmethod
     def matches(cls, pipeline: Any) -> bool:
         """A transformer, two CLIP encoders and a T5 slot: an SD3 pipeline has the attribute ``text_encoder_3``
-        (``None`` when loaded without T5), which Flux pipelines (T5 as ``text_encoder_2``) lack."""
-        return cls.has_transformer_and_second_encoder(pipeline) and cls.has_third_encoder_slot(pipeline)
+        (``None`` when loaded without T5), which Flux pipelines (T5 as ``text_encoder_2``) lack; no Llama encoder
+        (``text_encoder_4``: HiDream)."""
+        return (cls.has_transformer_and_second_encoder(pipeline) and cls.has_third_encoder_slot(pipeline)
+                and getattr(pipeline, "text_encoder_4", None) is None)
 
     def make_text_encoder(self) -> TextEncoder:
         """Both CLIP encoders and T5, after checking that ``context_embedder`` reads T5's width."""
