@@ -197,7 +197,10 @@ class Recipe:
             self.editor.reset()  # the base already holds the given K/V weights
             return
         preserve = self.uce_preserve()
-        pairs = list(zip(self.concepts, map(self.uce_anchor, self.anchors), strict=True))
+        # the official UCE scripts (tokens: last) take an empty anchor as it is; train_uce.py replaces it by " "
+        # (the same tokens for CLIP and T5, not for Llama)
+        anchors = self.anchors if cfg.tokens == "last" else map(self.uce_anchor, self.anchors)
+        pairs = list(zip(self.concepts, anchors, strict=True))
         for space in self.editor.spaces:
             text = self.text.space(space)
             if cfg.tokens == "last":  # official UCE scripts: one row per text, its last word token

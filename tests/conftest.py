@@ -106,7 +106,7 @@ def tiny_sd3(tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="session")
 def tiny_hidream(tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny HiDream random pipeline (T5 width 32, Llama width 16, ``llama_layers`` ``(0, 1, 1)``)."""
+    """A tiny HiDream random pipeline (T5 width 32, Llama width 64, ``llama_layers`` ``(0, 1, 1)``)."""
     return _save_family(tokenizer_path, tmp_path_factory.mktemp("models"), "hidream")
 
 

@@ -2,7 +2,7 @@
 ``HiDreamImageTransformer2DModel`` whose ``caption_projection`` layers read the text.
 
 ``tiny``: diffusers' HiDream test sizes (``tests/pipelines/hidream_image``: CLIP width 32, one double and two single
-blocks of 4 × 8 heads, T5 width 32, Llama width 16 so that the two token spaces differ, ``llama_layers`` ``(0, 1, 1)``
+blocks of 4 × 8 heads, T5 width 32, Llama width 64 so that the two token spaces differ, ``llama_layers`` ``(0, 1, 1)``
 so that two layers share one Llama space); ``full``: HiDream-I1 (``HiDream-ai/HiDream-I1-Full``: 16 double + 32 single
 blocks of 20 × 128 heads, T5-XXL 4096, Llama-3.1-8B 4096 with ``llama_layers`` 0 … 31 then 31 sixteen times,
 ``caption_projection`` 4096 → 2560, 16 latent channels).
@@ -80,16 +80,16 @@ def build_hidream(tokenizer_path: str | Path, size: Size = "tiny", seed: int = 0
             shift_factor=0.1159), True, seed + 5, dtype)
     else:  # diffusers' tests/pipelines/hidream_image/test_pipeline_hidream.py
         transformer_args = dict(patch_size=2, in_channels=4, out_channels=4, num_layers=1, num_single_layers=2,
-                                attention_head_dim=8, num_attention_heads=4, caption_channels=[32, 16],
+                                attention_head_dim=8, num_attention_heads=16, caption_channels=[32, 64],
                                 text_emb_dim=64, num_routed_experts=4, num_activated_experts=2,
                                 axes_dims_rope=(4, 2, 2), max_resolution=(32, 32), llama_layers=(0, 1, 1))
         config_1 = clip_config(tokenizer, 32, 2, 4, 37, "gelu", projection=32)
         config_2 = clip_config(tokenizer_2, 32, 2, 4, 37, "gelu", projection=32)
         t5_config = T5Config(vocab_size=len(tokenizer_3), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
                              relative_attention_num_buckets=8, is_encoder_decoder=False, use_cache=False)
-        llama_config = LlamaConfig(vocab_size=len(tokenizer_4), hidden_size=16, intermediate_size=37,
+        llama_config = LlamaConfig(vocab_size=len(tokenizer_4), hidden_size=64, intermediate_size=37,
                                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=512, **special)
+                                   max_position_embeddings=512, initializer_range=0.5, **special)
         vae = AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
                             latent_channels=4, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
                             shift_factor=0.0609, scaling_factor=1.5035)
