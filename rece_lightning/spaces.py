@@ -101,6 +101,7 @@ class SpacedEditor:
 
     @property
     def base_is_original(self) -> bool:
+        """Whether every space's edit applies to the original weights."""
         return all(e.base_is_original for e in self.editors.values())
 
     @property
@@ -110,14 +111,17 @@ class SpacedEditor:
 
     @property
     def device(self) -> torch.device:
+        """The device of the editors' tensors."""
         return self.main.device
 
     @property
     def technique(self) -> Technique:
+        """``replace`` or ``tensor``, the same for every space."""
         return self.main.technique
 
     @property
     def edited_kinds(self) -> tuple[Kind, ...]:
+        """The projection kinds edited, the same for every space."""
         return self.main.edited_kinds
 
     @property
@@ -134,14 +138,17 @@ class SpacedEditor:
 
     @property
     def state(self) -> EditState:
+        """The current edit of every space (:meth:`snapshot`)."""
         return self.snapshot()
 
     def to(self, device: torch.device | str) -> SpacedEditor:
+        """Move every space's editor to ``device``."""
         for editor in self.editors.values():
             editor.to(device)
         return self
 
     def reset(self) -> None:
+        """Forget every space's edit (the bases are kept)."""
         for editor in self.editors.values():
             editor.reset()
 
@@ -199,6 +206,7 @@ class SpacedEditor:
             editor.apply()
 
     def restore_original(self) -> None:
+        """Put the original weights back into every layer (the edit states are kept)."""
         write_weights(self.projections, self.original)
 
     def edit_rank(self, rtol: float = 1e-10) -> int:

@@ -280,9 +280,11 @@ class SpaceText(TextEncoder):
         self.encoder, self.name = encoder, space
 
     def check(self, text: str, role: str) -> None:
+        """The encoder's check (a text is tokenised once for every space)."""
         self.encoder.check(text, role)
 
     def encode(self, texts: Sequence[str]) -> list[EncodedText]:
+        """The texts' embeddings in this space, encoded (and cached) by the encoder."""
         return [e.in_space(self.name) for e in self.encoder.encode(texts)]
 
 

@@ -2,8 +2,9 @@
 ``HiDreamImageTransformer2DModel`` whose ``caption_projection`` layers read the text.
 
 ``tiny``: diffusers' HiDream test sizes (``tests/pipelines/hidream_image``: CLIP width 32, one double and two single
-blocks of 4 × 8 heads, T5 width 32, Llama width 64 so that the two token spaces differ, ``llama_layers`` ``(0, 1, 1)``
-so that two layers share one Llama space); ``full``: HiDream-I1 (``HiDream-ai/HiDream-I1-Full``: 16 double + 32 single
+blocks of 16 × 8 heads, T5 width 32, Llama width 64 so that the two token spaces differ, ``llama_layers``
+``(0, 1, 1)`` so that two layers share one Llama space, Llama weights drawn with standard deviation 0.5 so that its
+hidden states, like the real model's, are far longer than UCE's λ and the edit is not all regularisation); ``full``: HiDream-I1 (``HiDream-ai/HiDream-I1-Full``: 16 double + 32 single
 blocks of 20 × 128 heads, T5-XXL 4096, Llama-3.1-8B 4096 with ``llama_layers`` 0 … 31 then 31 sixteen times,
 ``caption_projection`` 4096 → 2560, 16 latent channels).
 
