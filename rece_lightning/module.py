@@ -29,7 +29,6 @@ from rece_lightning.callbacks.metric import judges as metric_judges
 from rece_lightning.checkpoint import Best, load_edit, save_edit
 from rece_lightning.closed_form import Technique
 from rece_lightning.config import GenerationConfig, RECEConfig, UCEConfig, as_config, check_choice
-from rece_lightning.editor import KVEditor
 from rece_lightning.family import ModelFamily
 from rece_lightning.generation import generate
 from rece_lightning.image_store import ImageStore, fingerprint
@@ -38,6 +37,7 @@ from rece_lightning.pipeline import attach_denoiser, load_family, resolve_dtype
 from rece_lightning.recipe import ORIGINAL, Recipe, read_preserve_csv, selection_rule
 from rece_lightning.robust import RobustConfig
 from rece_lightning.selection import Selection, write_kept_stage
+from rece_lightning.spaces import SpacedEditor
 from rece_lightning.text import TextEncoder
 
 __all__ = ["ClosedFormStep", "RECEModule"]
@@ -218,7 +218,7 @@ class RECEModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------------ the recipe
     @property
-    def editor(self) -> KVEditor:
+    def editor(self) -> SpacedEditor:
         """The recipe's editor of the text-reading layers."""
         return self.recipe.editor
 
@@ -243,7 +243,7 @@ class RECEModule(L.LightningModule):
         if name != ORIGINAL:
             self.recipe.run(name, apply=apply)
 
-    def erase(self) -> KVEditor:
+    def erase(self) -> SpacedEditor:
         """The whole recipe without a Trainer (see :func:`rece_lightning.erase` for the framework-free use)."""
         return self.recipe.erase()
 
@@ -311,8 +311,10 @@ class RECEModule(L.LightningModule):
         seeds: list[int],
         guidance: list[float | None] | None = None,
         prompt_embeds: list[Tensor | None] | None = None,
+        pooled_embeds: list[Tensor | None] | None = None,
     ):
-        """Images of the current model state, one per prompt (or per embedding), each from its own seed."""
+        """Images of the current model state, one per prompt (or per embedding, with its own pooled embedding where
+        given), each from its own seed."""
         g = self.generation
         self.load_denoiser()
         return generate(
@@ -326,6 +328,7 @@ class RECEModule(L.LightningModule):
             width=g.width,
             prompt_embeds=prompt_embeds,
             extra=self.family.generation_kwargs(),
+            pooled_embeds=pooled_embeds,
         )
 
     def image_store(self, root: str | Path | None = None) -> ImageStore | None:
@@ -401,6 +404,7 @@ class RECEModule(L.LightningModule):
                 [row["seed"] for row in rows],
                 [row.get("guidance") for row in rows],
                 prompt_embeds=[f.embedding for f in found],
+                pooled_embeds=[f.pooled for f in found],
             )
             for row, f in zip(rows, found, strict=True):
                 out_rows.append({**row, "attack": attack.name, "adversarial_prompt": f.prompt,
