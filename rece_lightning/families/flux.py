@@ -3,12 +3,15 @@
 ``FluxPipeline.encode_prompt`` (diffusers) makes ``prompt_embeds = text_encoder_2(ids)[0]``: the T5 encoder's last
 hidden state of the text padded to ``max_sequence_length`` tokens (512; 256 for FLUX.1-schnell), no attention mask,
 and ``pooled_prompt_embeds``, the CLIP text encoder's ``pooler_output`` (77 tokens). Every joint transformer block
-reads the text only through ``context_embedder(prompt_embeds)``, so that one layer is what UCE edits, as the
-official ``trainscripts/uce_flux_edit.py`` of github.com/rohitgandikota/unified-concept-editing does (it also edits
-the pooled projection ``time_text_embed.text_embedder.linear_1``; that separate 768-d edit space is not implemented
-here). T5 has no start token, so ``length − 2`` (the official index) is the last word token, as for CLIP.
+reads the tokens only through ``context_embedder(prompt_embeds)`` and the pooled embedding only through
+``time_text_embed.text_embedder.linear_1`` (768 → 3072), so these two layers are what UCE edits, as the official
+``trainscripts/uce_flux_edit.py`` of github.com/rohitgandikota/unified-concept-editing does: each in its own input
+space (:mod:`rece_lightning.spaces`: the tokens, 4096-d, and the pooled CLIP embedding, 768-d, one row per text),
+concept → anchor with the preserved texts kept, and RECE derives the adversarial pooled embedding beside the token
+one. T5 has no start token, so ``length − 2`` (the official index) is the last word token, as for CLIP.
 
-**The bias.** ``context_embedder`` computes ``W c + b``. UCE's objective with the bias kept fixed,
+**The bias.** ``context_embedder`` computes ``W c + b`` (and so does the pooled ``linear_1``; everything below holds
+for it too, ``tests/test_spaces.py::test_flux_pooled_path_matches_official_uce``). UCE's objective with the bias kept fixed,
 
     min_W'  λ ‖W' − W‖²  +  s_e Σ ‖(W' c_i + b) − (W c*_i + b)‖²  +  s_p Σ ‖(W' c_p + b) − (W c_p + b)‖²,
 
@@ -22,12 +25,13 @@ same ``b`` to the edited and the original output, so it cancels in ``‖W'c' + b
 objective; ``tests/test_families.py::test_flux_last_token_matches_official_uce`` checks that our edit equals the
 official computation when ``b = 0`` and differs from it by exactly that rank-one term otherwise.
 
-**The token attacks.** Their tokens are T5 tokens (the text the transformer reads through ``context_embedder``):
-discrete Ring-A-Bell searches T5 ids (no start token, ``</s>``, padding to ``max_sequence_length``), UnlearnDiffAtk
-optimises a one-hot over T5's vocabulary. The pooled CLIP embedding the transformer also reads
-(``pooled_projections``) is that of the plain prompt, held fixed: CLIP's vocabulary is not T5's, so a T5 prefix has
-no CLIP counterpart to differentiate through (the adversarial prompt's own pooled embedding is used when its images
-are generated). The loss is flow matching as Flux is trained (:meth:`FluxFamily.denoising_loss`).
+**The attacks.** The embedding attacks attack both inputs: the inversion derives the pooled embedding beside the
+token one, continuous Ring-A-Bell moves it along the pooled concept vector (:mod:`rece_lightning.attacks`). The
+token attacks' tokens are T5 tokens (the text the transformer reads through ``context_embedder``): discrete
+Ring-A-Bell searches T5 ids (no start token, ``</s>``, padding to ``max_sequence_length``), UnlearnDiffAtk optimises a
+one-hot over T5's vocabulary. During their search the pooled CLIP embedding (``pooled_projections``) is that of the
+plain prompt, held fixed: CLIP's vocabulary is not T5's, so a T5 prefix has no CLIP counterpart to differentiate
+through; the adversarial prompt's own pooled embedding is used when its images are generated. The loss is flow matching as Flux is trained (:meth:`FluxFamily.denoising_loss`).
 """
 
 from __future__ import annotations

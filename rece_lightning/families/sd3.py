@@ -7,7 +7,9 @@ width (4096) and appends, along the sequence, the T5 encoder's last hidden state
 ``max_sequence_length`` tokens (256 by default): ``prompt_embeds`` is ``(77 + 256, 4096)``. Without ``text_encoder_3``
 (T5 dropped to save memory) the T5 rows are zeros of the transformer's ``joint_attention_dim``, as the pipeline makes
 them. The pooled embedding is both CLIP encoders' projected outputs (``text_embeds``) concatenated (768 + 1280 =
-2048), read by ``time_text_embed``, not by the layer edited here.
+2048), read only by ``time_text_embed.text_embedder.linear_1`` (2048 → 1536), which is edited in its own input space
+as Flux's (:mod:`rece_lightning.spaces`; no official UCE script exists for SD3: the per-layer formula is
+``uce_flux_edit.py``'s).
 
 Every joint transformer block reads the token embeddings only through ``context_embedder(prompt_embeds)`` (a Linear
 4096 → 1536 for SD3-medium, with a bias), so that layer is what UCE / RECE edit, as for Flux
