@@ -109,6 +109,8 @@ def test_rece_fit_nudity_preset_erases(tiny_hidream, pipe, tmp_path):
         concept, anchor = view.aligned("nudity", " ")
         gap_before = float((concept @ w0.T - anchor @ w0.T).norm())
         gap_after = float((concept @ w1.T - anchor @ w0.T).norm())
-        assert gap_after < 0.1 * gap_before, (name, gap_before, gap_after)
         kept = torch.cat([view.full(t) for t in FIT_PRESERVE])
-        assert _rel(kept @ w1.T, kept @ w0.T) < 1e-5, name
+        drift = _rel(kept @ w1.T, kept @ w0.T)
+        print(f"{name} ({space}): concept-anchor gap {gap_before:.4g} -> {gap_after:.4g}, preserved drift {drift:.2g}")
+        assert gap_after < 0.1 * gap_before, (name, gap_before, gap_after)
+        assert drift < 1e-5, name
