@@ -114,3 +114,22 @@ def test_rece_fit_nudity_preset_erases(tiny_hidream, pipe, tmp_path):
         print(f"{name} ({space}): concept-anchor gap {gap_before:.4g} -> {gap_after:.4g}, preserved drift {drift:.2g}")
         assert gap_after < 0.1 * gap_before, (name, gap_before, gap_after)
         assert drift < 1e-5, name
+
+
+def test_hidream_without_t5_is_refused_in_one_line(tiny_hidream, tmp_path, capsys):
+    """A HiDream folder whose ``model_index.json`` drops T5 (``text_encoder_3``, which the last caption_projection
+    reads): ``rece fit`` exits 2 with one line naming it, no traceback, no run folder."""
+    import shutil
+
+    from tests.test_cli_errors import assert_one_line, rece
+
+    folder = tmp_path / "no_t5"
+    shutil.copytree(tiny_hidream, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["text_encoder_3"] = [None, None]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    root = tmp_path / "runs"
+    code, _, err = rece(["fit", "--config", str(REPO / "configs" / "nudity.yaml"), "--model.pretrained", str(folder),
+                         "--trainer.default_root_dir", str(root)], capsys)
+    assert_one_line(code, err, "no text_encoder_3", "load it with the pipeline")
+    assert not root.exists()
