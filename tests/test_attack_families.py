@@ -256,7 +256,7 @@ def test_embedding_attacks_attack_the_pooled_input(target, pairs):
     for row, f in zip(ROWS, found, strict=True):
         (expected,) = target.editor.derive([text.full(row["prompt"])], space="pooled", gamma=0.1)
         torch.testing.assert_close(f.pooled, expected[0].float())
-        plain = _regeneration_error(target.editor, "pooled", text.full(row["prompt"]), text.full(row["prompt"]))
+        plain = _regeneration_error(target.editor, text.full(row["prompt"]), text.full(row["prompt"]), "pooled")
         assert f.info["relative_regeneration_error_pooled"] < plain  # fools the edited pooled layer better
     ring = RingABell(str(pairs), eta=1.0).run(target, ROWS)
     vector = concept_vector(target, read_pairs(str(pairs)), space="pooled")

@@ -41,7 +41,7 @@ class EmbeddingInversion(Attack):
         out = []
         for i, prompt in enumerate(prompts):
             info = {f"relative_regeneration_error{'' if s == MAIN_SPACE else '_' + s}":
-                    _regeneration_error(editor, s, target.text.space(s).full(prompt), derived[s][i])
+                    _regeneration_error(editor, target.text.space(s).full(prompt), derived[s][i], s)
                     for s in editor.spaces}
             pooled = derived[POOLED_SPACE][i][0].float().cpu() if POOLED_SPACE in derived else None
             out.append(AdversarialInput(prompt=prompt, embedding=derived[MAIN_SPACE][i].float().cpu(), pooled=pooled,
@@ -50,7 +50,8 @@ class EmbeddingInversion(Attack):
 
 
 @torch.no_grad()
-def _regeneration_error(editor: SpacedEditor, space: str, concept: torch.Tensor, candidate: torch.Tensor) -> float:
+def _regeneration_error(editor: SpacedEditor, concept: torch.Tensor, candidate: torch.Tensor,
+                        space: str = MAIN_SPACE) -> float:
     """``Σ‖W'c' − W₀c‖ / Σ‖W₀c‖`` over the layers of input space ``space``: how well the edited model is fooled."""
     num = den = 0.0
     layers = editor.space(space)
