@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor
 
-from rece_lightning.cross_attention import check_kv_weights
+from rece_lightning.cross_attention import MAIN_SPACE, check_kv_weights
 from rece_lightning.edit_state import EditState
 from rece_lightning.errors import RECEError
 from rece_lightning.files import tensor_sha256
@@ -63,14 +63,24 @@ def verify_hash(checkpoint: dict[str, Any], source: str = "the checkpoint") -> N
 
 
 def _check_state(state: EditState, recipe: Recipe, source: str) -> None:
-    """The saved state fits this model: map width, and the per-layer weights' keys and shapes (general path)."""
-    editor = recipe.editor
-    for kind, t in state.maps.items():
-        if tuple(t.shape) != (editor.dim, editor.dim):
-            raise RECEError(f"{source} holds a {kind} map of shape {tuple(t.shape)}; this model's text width is "
-                            f"{editor.dim}; use it with the model.pretrained it was made from")
-    if state.layer_weights is not None:
-        check_kv_weights(editor.projections, state.layer_weights, source)
+    """The saved state fits this model, in every input space (:mod:`rece_lightning.spaces`): the spaces exist, each
+    map has its space's width, and the per-layer weights' keys and shapes fit its layers (general path)."""
+    editors = recipe.editor.editors
+    unknown = sorted(set(state.spaces) - set(editors))
+    if unknown:
+        raise RECEError(f"{source} holds the edit of input spaces {unknown}, which this model does not read (its "
+                        f"spaces: {list(editors)}); use it with the model.pretrained it was made from")
+    for name, editor in editors.items():
+        part = state if name == MAIN_SPACE else state.spaces.get(name)
+        if part is None:
+            continue
+        for kind, t in part.maps.items():
+            if tuple(t.shape) != (editor.dim, editor.dim):
+                where = "text width" if name == MAIN_SPACE else f"width of input space {name!r}"
+                raise RECEError(f"{source} holds a {kind} map of shape {tuple(t.shape)}; this model's {where} is "
+                                f"{editor.dim}; use it with the model.pretrained it was made from")
+        if part.layer_weights is not None:
+            check_kv_weights(editor.projections, part.layer_weights, source)
 
 
 def load_edit(checkpoint: dict[str, Any], recipe: Recipe, owner: str) -> Best | None:

@@ -43,6 +43,7 @@ from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 from lightning.pytorch.trainer.states import TrainerStatus  # noqa: E402
 
 from rece_lightning.cache_command import cache_command, strip_no_cache  # noqa: E402
+from rece_lightning.callbacks.hparams import HParamsSummary  # noqa: E402
 from rece_lightning.callbacks.report import StageReport  # noqa: E402
 from rece_lightning.checkpoint import verify_hash  # noqa: E402
 from rece_lightning.checks import (  # noqa: E402
@@ -354,8 +355,8 @@ def _main(args: list[str] | None) -> None:
     RECECLI.argv = argv
     if not sys.stderr.isatty():
         quiet.disable_loading_bars()  # tqdm bars of model loading are junk lines in logs
-    # a progress bar outside a terminal prints only its last state; the stage lines say more
-    defaults = {**TRAINER_DEFAULTS, "enable_progress_bar": sys.stdout.isatty(), "callbacks": [StageReport()]}
+    # StageReport shows each stage's progress (a bar on a terminal, lines when piped) instead of Lightning's bar
+    defaults = {**TRAINER_DEFAULTS, "enable_progress_bar": False, "callbacks": [StageReport(), HParamsSummary()]}
     try:
         subcommand, rest = split_subcommand(parser_args)
         configure_threads()

@@ -17,6 +17,10 @@ from rece_lightning.errors import RECEError
 
 Kind = Literal["to_k", "to_v"]
 
+MAIN_SPACE = "tokens"
+"""The input space of the token embeddings (:attr:`Projection.space`): the one every family has. Layers of other
+spaces read other embeddings of the same text (Flux's pooled CLIP embedding, HiDream's Llama layers)."""
+
 
 @dataclass(frozen=True)
 class Projection:
@@ -29,12 +33,16 @@ class Projection:
             is left unchanged, see :mod:`rece_lightning.families.flux`).
         owner: the pipeline component holding the layer (``unet``, or ``transformer`` for Flux): the prefix of its
             keys in LoRA files and checkpoints.
+        space: the input space the layer reads (:data:`MAIN_SPACE`, the token embeddings, unless the family reads the
+            text through several embeddings): layers of one space read the same embedding of a text and share one
+            edit map; different spaces are edited independently (:mod:`rece_lightning.spaces`).
     """
 
     name: str
     kind: Kind
     module: nn.Linear
     owner: str = "unet"
+    space: str = MAIN_SPACE
 
     @property
     def key(self) -> str:
@@ -72,9 +80,9 @@ def find_projections(unet: nn.Module, kinds: Iterable[Kind] = ("to_k", "to_v")) 
     return found
 
 
-def linear_layer(denoiser: nn.Module, name: str, kind: Kind, owner: str) -> Projection:
-    """The linear layer ``name`` of ``denoiser`` as a :class:`Projection` (a bias is allowed: only the weight is
-    edited), e.g. Flux's ``context_embedder``.
+def linear_layer(denoiser: nn.Module, name: str, kind: Kind, owner: str, space: str = MAIN_SPACE) -> Projection:
+    """The linear layer ``name`` of ``denoiser`` reading the input space ``space`` as a :class:`Projection` (a bias
+    is allowed: only the weight is edited), e.g. Flux's ``context_embedder``.
 
     Raises:
         RECEError: ``denoiser`` has no linear layer of that name.
@@ -85,7 +93,7 @@ def linear_layer(denoiser: nn.Module, name: str, kind: Kind, owner: str) -> Proj
         raise RECEError(f"the {owner} has no layer {name!r}; it does not read text the way this family does") from None
     if not isinstance(module, nn.Linear):
         raise RECEError(f"{name} is a {type(module).__name__}, expected nn.Linear; RECE edits linear projections")
-    return Projection(name=name, kind=kind, module=module, owner=owner)
+    return Projection(name=name, kind=kind, module=module, owner=owner, space=space)
 
 
 def read_weights(projections: Iterable[Projection]) -> dict[str, Tensor]:

@@ -3,19 +3,21 @@
 * ``kv_weights.safetensors``: the edited text-reading weights (``attn2.to_k/to_v``; Flux, SD3: ``context_embedder``)
   keyed by the denoiser's own state-dict keys,
   loadable with ``unet.load_state_dict(load_file(path), strict=False)`` (the UCE checkpoint convention);
-* ``edit_map.safetensors``: the text-side maps ``T`` (``W' = W T``; one tensor ``T`` when keys and values share it,
-  else one per projection kind) with metadata to apply them to the base model or undo them;
+* ``edit_map.safetensors``: the text-side maps ``T`` (``W' = W T``, one per projection kind, ``<kind>.T``; one tensor
+  ``T`` when keys and values share it; a family with several input spaces adds one per space, ``<space>.<kind>.T`` or
+  ``<space>.T``, :mod:`rece_lightning.spaces`) with metadata to apply them to the base model or undo them;
 * ``pytorch_lora_weights.safetensors``: a LoRA of the edit's own rank (exact; or capped, with its error recorded) in
   the diffusers/PEFT format (``unet.<module>.lora_A.weight``
   / ``lora_B.weight``; ``transformer.`` for Flux and SD3; no alpha so the scale is 1) that ``pipe.load_lora_weights(folder)``
   loads;
-* ``pipeline/``: the whole edited pipeline via ``save_pretrained`` (on request).
+* ``pipeline/``: the whole edited pipeline via ``save_pretrained`` (on request);
+* ``README.md``: the model card (:mod:`rece_lightning.model_card`), written last, when given.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +26,22 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from rece_lightning.cross_attention import check_kv_weights, write_weights
+from rece_lightning.cross_attention import MAIN_SPACE, check_kv_weights, write_weights
 from rece_lightning.editor import KVEditor
 from rece_lightning.errors import RECEError
 from rece_lightning.files import atomic_dir, atomic_path, tensor_sha256
 from rece_lightning.integrity import base_fingerprint, check_base, check_sha256
+from rece_lightning.spaces import SpacedEditor, group_by_space
 
 KV_WEIGHTS = "kv_weights.safetensors"
 EDIT_MAP = "edit_map.safetensors"
 LORA = "pytorch_lora_weights.safetensors"
 PIPELINE = "pipeline"
+CARD = "README.md"
 FORMATS = ("kv_weights", "edit_map", "lora", "pipeline")
 
 
-def _metadata(tensors: Mapping[str, Tensor], editor: KVEditor, extra: Mapping[str, Any] | None) -> dict[str, str]:
+def _metadata(tensors: Mapping[str, Tensor], editor: KVEditor | SpacedEditor, extra: Mapping[str, Any] | None) -> dict[str, str]:
     """The metadata written with every export: the caller's, a SHA-256 of the file's tensors and a fingerprint of
     the base model's original weights (:mod:`rece_lightning.integrity`), checked when the file is loaded."""
     info = {**dict(extra or {}), "sha256": tensor_sha256(tensors), "base_fingerprint": base_fingerprint(editor.original)}
@@ -96,7 +100,7 @@ def text_layers_of(denoiser: nn.Module) -> list:
     raise RECEError(f"{type(denoiser).__name__} has no text-reading layer of a supported family: {errors[0]}")
 
 
-def save_kv_weights(editor: KVEditor, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
+def save_kv_weights(editor: KVEditor | SpacedEditor, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
     """The edited K/V weights, keyed by UNet state-dict keys, in the model's dtype."""
     weights = {k: v.detach().cpu().contiguous() for k, v in editor.current_weights().items()}
     with atomic_path(path) as tmp:
@@ -115,10 +119,17 @@ def load_kv_into(unet: nn.Module, path: str | Path, *, verify_base: bool = True)
     write_weights(projections, check_kv_weights(projections, weights, str(path)))
 
 
-def save_edit_map(editor: KVEditor, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
-    """The maps ``T`` (float64) of a "replace" edit: ``W_edited = W_base T``, one map per projection kind."""
+def _map_key(space: str, kind: str) -> str:
+    """The edit-map key of one space's map of one kind: ``<kind>.T``, ``<space>.<kind>.T`` beyond the tokens."""
+    return f"{kind}.T" if space == MAIN_SPACE else f"{space}.{kind}.T"
+
+
+def save_edit_map(editor: KVEditor | SpacedEditor, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
+    """The maps ``T`` (float64) of a "replace" edit: ``W_edited = W_base T``, one map per projection kind and input
+    space."""
     if editor.layer_weights is not None:
         raise RECEError("the 'tensor' technique edits each layer differently; export kv_weights or lora instead")
+    editors = editor.editors if isinstance(editor, SpacedEditor) else {MAIN_SPACE: editor}
     info = {
         **dict(metadata or {}),
         "edited_kinds": list(editor.edited_kinds),
@@ -126,19 +137,26 @@ def save_edit_map(editor: KVEditor, path: str | Path, metadata: Mapping[str, Any
         "layers": [p.name for p in editor.projections],
         "rank": editor.edit_rank(),
     }
-    kinds = list(editor.edited_kinds)
-    if len(kinds) > 1 and all(editor.maps[k] is editor.maps[kinds[0]] for k in kinds):
-        info["shared"] = kinds  # keys and values share one map: stored once, as "T"
-        maps = {"T": editor.maps[kinds[0]].detach().cpu().contiguous()}
-    else:
-        maps = {f"{kind}.T": editor.maps[kind].detach().cpu().contiguous() for kind in kinds}
+    if len(editors) > 1:
+        info["spaces"] = {name: {"layers": [p.name for p in e.projections], "rank": e.edit_rank()}
+                          for name, e in editors.items()}
+    maps: dict[str, Tensor] = {}
+    for name, e in editors.items():
+        kinds = list(e.edited_kinds)
+        if len(kinds) > 1 and all(e.maps[k] is e.maps[kinds[0]] for k in kinds):
+            # keys and values share one map: stored once, as "T" ("<space>.T" beyond the tokens)
+            (info if name == MAIN_SPACE else info["spaces"][name])["shared"] = kinds
+            maps["T" if name == MAIN_SPACE else f"{name}.T"] = e.maps[kinds[0]].detach().cpu().contiguous()
+        else:
+            maps.update({_map_key(name, kind): e.maps[kind].detach().cpu().contiguous() for kind in kinds})
     with atomic_path(path) as tmp:
         save_file(maps, str(tmp), metadata=_metadata(maps, editor, info))
     return Path(path)
 
 
 def load_edit_map(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Maps keyed by projection kind (``to_k``/``to_v``) and the metadata they were saved with (hash checked)."""
+    """Maps keyed by projection kind (``to_k``/``to_v``; ``<space>.<kind>`` for another input space) and the
+    metadata they were saved with (hash checked)."""
     path = Path(path)
     if not path.is_file():
         raise RECEError(f"edit map {path} does not exist")
@@ -147,9 +165,17 @@ def load_edit_map(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     except Exception as err:
         raise RECEError(f"could not read the edit map {path}: {err}") from None
     info = _verify(path, tensors, None)
-    if "T" in tensors:  # one map shared by the kinds listed in "shared"
-        return dict.fromkeys(info.get("shared", ["to_k", "to_v"]), tensors["T"]), info
-    return {key.removesuffix(".T"): value for key, value in tensors.items()}, info
+    spaces = info.get("spaces", {})
+    maps: dict[str, Tensor] = {}
+    for key, value in tensors.items():
+        stem = key.removesuffix(".T")
+        if key == "T":  # the token space's one map, shared by the kinds listed in "shared"
+            maps.update(dict.fromkeys(info.get("shared", ["to_k", "to_v"]), value))
+        elif "shared" in spaces.get(stem, {}):  # another space's shared map, "<space>.T"
+            maps.update({f"{stem}.{kind}": value for kind in spaces[stem]["shared"]})
+        else:
+            maps[stem] = value
+    return maps, info
 
 
 @torch.no_grad()
@@ -162,8 +188,13 @@ def apply_edit_map(unet: nn.Module, path: str | Path, *, undo: bool = False, ver
     projections = text_layers_of(unet)
     if verify_base and not undo:
         check_base(info.get("base_fingerprint"), {p.key: p.module.weight for p in projections}, str(path))
-    dim = projections[0].module.in_features
-    for kind, t in maps.items():
+    groups = group_by_space(projections)
+    for key, t in maps.items():
+        space, kind = key.rsplit(".", 1) if "." in key else (MAIN_SPACE, key)
+        if space not in groups:
+            raise RECEError(f"edit map {path} holds a map of the input space {space!r}, which this "
+                            f"{type(unet).__name__} does not read (its spaces: {list(groups)})")
+        dim = groups[space][0].module.in_features
         if t.shape != (dim, dim):
             raise RECEError(f"edit map {path} is {tuple(t.shape)}, this UNet's text width is {dim}")
         if undo and float(torch.linalg.cond(t)) > 1e8:
@@ -172,14 +203,14 @@ def apply_edit_map(unet: nn.Module, path: str | Path, *, undo: bool = False, ver
                 "from the map; reload the original weights instead (KVEditor.restore_original, or the base model)"
             )
         factor = torch.linalg.inv(t) if undo else t
-        for p in projections:
+        for p in groups[space]:
             if p.kind == kind:
                 w = p.module.weight
                 w.copy_((w.double() @ factor.to(w.device)).to(w.dtype))
 
 
-def save_lora(editor: KVEditor, path: str | Path, rtol: float = 1e-10, metadata: Mapping[str, Any] | None = None,
-              max_rank: int | None = None) -> Path:
+def save_lora(editor: KVEditor | SpacedEditor, path: str | Path, rtol: float = 1e-10,
+              metadata: Mapping[str, Any] | None = None, max_rank: int | None = None) -> Path:
     """A LoRA of the edit in the diffusers/PEFT format (float32 factors, ``W' = W₀ + B A``), built layer by layer.
 
     It carries the edit's own rank (exact), or at most ``max_rank`` directions: then it is the truncated SVD
@@ -213,16 +244,21 @@ def save_lora(editor: KVEditor, path: str | Path, rtol: float = 1e-10, metadata:
 
 
 def export_edit(
-    editor: KVEditor,
+    editor: KVEditor | SpacedEditor,
     out_dir: str | Path,
     formats: Sequence[str] = ("kv_weights", "edit_map", "lora"),
     *,
     pipeline: Any | None = None,
     metadata: Mapping[str, Any] | None = None,
+    card: Callable[[Mapping[str, Path]], str] | None = None,
     lora_max_rank: int | None = None,
 ) -> dict[str, Path]:
     """Write the requested ``formats`` into ``out_dir``; returns the written paths by format (``lora_max_rank``: see
-    :func:`save_lora`)."""
+    :func:`save_lora`).
+
+    ``card`` makes the model card's text from the written files; it is written last (``README.md``, key ``card``),
+    so that a card never names a file that is not there.
+    """
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise RECEError(f"unknown export formats {sorted(unknown)}; choose from {list(FORMATS)}")
@@ -241,4 +277,9 @@ def export_edit(
         with atomic_dir(out / PIPELINE) as tmp:
             pipeline.save_pretrained(tmp, safe_serialization=True)
         written["pipeline"] = out / PIPELINE
+    if card is not None:
+        text = card(dict(written))
+        with atomic_path(out / CARD) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        written["card"] = out / CARD
     return written

@@ -36,11 +36,16 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from rece_lightning.cross_attention import Projection, linear_layer
+from rece_lightning.cross_attention import MAIN_SPACE, Projection, linear_layer
 from rece_lightning.errors import RECEError
 from rece_lightning.text import TextEncoder
 
-__all__ = ["ContextEmbedderFamily", "ModelFamily", "TextLayers", "UNetFamily"]
+POOLED_SPACE = "pooled"
+"""The input space of a pooled text embedding (one row per text)."""
+POOLED_LAYER = "time_text_embed.text_embedder.linear_1"
+"""The layer of Flux's and SD3's transformer that reads the pooled text embedding (``pooled_projections``)."""
+
+__all__ = ["POOLED_LAYER", "POOLED_SPACE", "ContextEmbedderFamily", "ModelFamily", "TextLayers", "UNetFamily"]
 
 
 class TextLayers(nn.Module):
@@ -116,7 +121,8 @@ class ModelFamily(ABC):
     @abstractmethod
     def find_layers(cls, denoiser: nn.Module) -> list[Projection]:
         """The linear layers of ``denoiser`` (or of its :class:`TextLayers` stand-in) that read the text embeddings,
-        all with the same input width, in module order."""
+        in module order; layers of one input space (:attr:`Projection.space
+        <rece_lightning.cross_attention.Projection.space>`) have the same input width."""
 
     @property
     def denoiser(self) -> nn.Module:
@@ -136,8 +142,8 @@ class ModelFamily(ABC):
 
     @property
     def width(self) -> int:
-        """The width of the embeddings the text-reading layers read."""
-        return self.text_layers()[0].module.in_features
+        """The width of the token embeddings the text-reading layers read."""
+        return next(p for p in self.text_layers() if p.space == MAIN_SPACE).module.in_features
 
     def text_layers(self) -> list[Projection]:
         """The text-reading layers (found once; the same objects stay in the model when the pipeline is attached)."""
@@ -189,7 +195,9 @@ class ModelFamily(ABC):
 class ContextEmbedderFamily(ModelFamily):
     """Families whose transformer reads the token embeddings only through one linear layer, ``context_embedder``
     (Flux, SD3; its bias is kept, see :mod:`rece_lightning.families.flux`), with the T5 rows padded to
-    ``max_sequence_length`` — an option that is also passed to the pipeline when it generates.
+    ``max_sequence_length`` — an option that is also passed to the pipeline when it generates — and the pooled text
+    embedding only through ``time_text_embed.text_embedder.linear_1`` (:data:`POOLED_LAYER`, in its own input space
+    :data:`POOLED_SPACE`; the text encoder puts each text's pooled embedding there).
 
     Attributes:
         default_max_sequence_length: the pipeline's default ``max_sequence_length``.
@@ -217,8 +225,10 @@ class ContextEmbedderFamily(ModelFamily):
 
     @classmethod
     def find_layers(cls, denoiser: nn.Module) -> list[Projection]:
-        """``context_embedder`` (a Linear with bias; only its weight is edited)."""
-        return [linear_layer(denoiser, "context_embedder", "to_v", cls.denoiser_name)]
+        """``context_embedder`` (the tokens) and ``time_text_embed.text_embedder.linear_1`` (the pooled embedding;
+        the official ``uce_flux_edit.py`` edits both), Linears with bias (only their weights are edited)."""
+        return [linear_layer(denoiser, "context_embedder", "to_v", cls.denoiser_name),
+                linear_layer(denoiser, POOLED_LAYER, "to_v", cls.denoiser_name, space=POOLED_SPACE)]
 
     def generation_kwargs(self) -> dict[str, Any]:
         return {"max_sequence_length": self.max_sequence_length}

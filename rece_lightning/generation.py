@@ -28,13 +28,15 @@ def generate(
     prompt_embeds: Sequence[Tensor | None] | None = None,
     output_type: str = "pil",
     extra: Mapping[str, Any] | None = None,
+    pooled_embeds: Sequence[Tensor | None] | None = None,
 ) -> list[Image.Image] | Tensor:
     """One image per prompt, each from its own seed (and its own guidance scale when given).
 
     ``prompt_embeds`` (one ``(L, d)`` tensor or ``None`` per prompt) generates from embeddings instead of text, as
     embedding-space attacks do; the unconditional branch of guidance still encodes the empty prompt.
     Pipelines that also read a pooled text embedding (SDXL, Flux, SD3) get the pooled embedding of the row's prompt with
-    its ``prompt_embeds`` (:func:`pooled_embeddings`). ``output_type="latent"`` returns the final latents stacked in
+    its ``prompt_embeds`` (:func:`pooled_embeddings`), or the row's own ``pooled_embeds`` (a ``(d,)`` tensor, e.g. an
+    attack's adversarial pooled embedding) where given. ``output_type="latent"`` returns the final latents stacked in
     prompt order instead of images. ``extra`` holds further arguments of the pipeline's call (e.g. Flux's
     ``max_sequence_length``).
     Every image depends only on its row, so batching or sharding over processes does not change results beyond
@@ -55,6 +57,9 @@ def generate(
             dtype = encoder.dtype
             text = {"prompt_embeds": torch.stack([embeds[i] for i in idx]).to(device, dtype)}  # type: ignore[misc]
             pooled = pooled_embeddings(pipe, [prompts[i] for i in idx], extra or {})
+            own = list(pooled_embeds) if pooled_embeds is not None else [None] * len(prompts)
+            if pooled is not None and any(own[i] is not None for i in idx):
+                pooled = torch.stack([p if own[i] is None else own[i].to(p) for i, p in zip(idx, pooled, strict=True)])
             if pooled is not None:
                 text["pooled_prompt_embeds"] = pooled.to(device, dtype)
         out = pipe(

@@ -20,16 +20,16 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from rece_lightning.attacks import Attack, AttackTarget, NoAttack
 from rece_lightning.callbacks.cached import evaluation_reused
-from rece_lightning.callbacks.metric import ImageMetric
+from rece_lightning.callbacks.console import say
+from rece_lightning.callbacks.metric import judges as metric_judges
 from rece_lightning.checkpoint import Best, load_edit, save_edit
 from rece_lightning.closed_form import Technique
 from rece_lightning.config import GenerationConfig, RECEConfig, UCEConfig, as_config, check_choice
-from rece_lightning.editor import KVEditor
 from rece_lightning.eval_cache import model_identity
 from rece_lightning.family import ModelFamily
 from rece_lightning.files import tensor_sha256
@@ -40,6 +40,7 @@ from rece_lightning.pipeline import attach_denoiser, load_family, resolve_dtype
 from rece_lightning.recipe import ORIGINAL, Recipe, read_preserve_csv, selection_rule
 from rece_lightning.robust import RobustConfig
 from rece_lightning.selection import Selection, write_kept_stage
+from rece_lightning.spaces import SpacedEditor
 from rece_lightning.text import TextEncoder
 
 __all__ = ["ClosedFormStep", "RECEModule"]
@@ -222,7 +223,7 @@ class RECEModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------------ the recipe
     @property
-    def editor(self) -> KVEditor:
+    def editor(self) -> SpacedEditor:
         """The recipe's editor of the text-reading layers."""
         return self.recipe.editor
 
@@ -247,7 +248,7 @@ class RECEModule(L.LightningModule):
         if name != ORIGINAL:
             self.recipe.run(name, apply=apply)
 
-    def erase(self) -> KVEditor:
+    def erase(self) -> SpacedEditor:
         """The whole recipe without a Trainer (see :func:`rece_lightning.erase` for the framework-free use)."""
         return self.recipe.erase()
 
@@ -283,8 +284,8 @@ class RECEModule(L.LightningModule):
             stop = self.selection.update(self.stage, self.trainer.callback_metrics, candidate=self.stage != ORIGINAL)
             if self.selection.kept != before:
                 self._best = (float(self.selection.score), self.stage, self.editor.snapshot())  # type: ignore[arg-type]
-            if stop:
-                rank_zero_info(f"rece: {self.selection.stopped}")
+            if stop and self.trainer.is_global_zero:
+                say(f"rece: {self.selection.stopped}")
         if stop or self.stage_index >= len(self.stages) - 1:
             self.trainer.should_stop = True
 
@@ -294,7 +295,8 @@ class RECEModule(L.LightningModule):
             score, stage, state = self._best
             self.recipe.restore(stage, state)
             metric = self.selection.rule.metric if self.selection is not None else self.hparams.keep_best
-            rank_zero_info(f"rece: kept stage {stage!r} ({metric} = {score:.4g})")
+            if self.trainer.is_global_zero:
+                say(f"rece: kept stage {stage!r} ({metric} = {score:.4g})")
         if self.trainer.is_global_zero and self.trainer.logger is not None and self.trainer.logger.log_dir:
             write_kept_stage(self.trainer.logger.log_dir, self.kept_stage())
 
@@ -314,8 +316,10 @@ class RECEModule(L.LightningModule):
         seeds: list[int],
         guidance: list[float | None] | None = None,
         prompt_embeds: list[Tensor | None] | None = None,
+        pooled_embeds: list[Tensor | None] | None = None,
     ):
-        """Images of the current model state, one per prompt (or per embedding), each from its own seed."""
+        """Images of the current model state, one per prompt (or per embedding, with its own pooled embedding where
+        given), each from its own seed."""
         g = self.generation
         self.load_denoiser()
         return generate(
@@ -329,6 +333,7 @@ class RECEModule(L.LightningModule):
             width=g.width,
             prompt_embeds=prompt_embeds,
             extra=self.family.generation_kwargs(),
+            pooled_embeds=pooled_embeds,
         )
 
     def image_store(self, root: str | Path | None = None) -> ImageStore | None:
@@ -402,8 +407,7 @@ class RECEModule(L.LightningModule):
         return self._generate_batch(batch)
 
     def on_test_start(self) -> None:
-        judges = [cb for cb in self.trainer.callbacks
-                  if isinstance(cb, ImageMetric) and type(cb).success is not ImageMetric.success]
+        judges = metric_judges(self.trainer.callbacks)
         self.attack_target = AttackTarget(self.pipeline, self.text, self.editor, self.generation,
                                           judge=judges[0].judge if judges else None,
                                           pipeline_kwargs=dict(self.family.generation_kwargs()), family=self.family)
@@ -425,6 +429,7 @@ class RECEModule(L.LightningModule):
                 [row["seed"] for row in rows],
                 [row.get("guidance") for row in rows],
                 prompt_embeds=[f.embedding for f in found],
+                pooled_embeds=[f.pooled for f in found],
             )
             for row, f in zip(rows, found, strict=True):
                 out_rows.append({**row, "attack": attack.name, "adversarial_prompt": f.prompt,

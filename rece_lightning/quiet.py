@@ -24,6 +24,8 @@ LOG_NOISE: tuple[tuple[str, str], ...] = (
     # Lightning's advertisement for its cloud logger and model registry (rank_zero_info of either package)
     ("lightning.pytorch.utilities.rank_zero", r"^💡 Tip: For seamless cloud"),
     ("lightning.fabric.utilities.rank_zero", r"^💡 Tip: For seamless cloud"),
+    # rece fit runs one epoch per stage: reaching max_epochs is the normal end, told by rece's own stage lines
+    ("lightning.pytorch.utilities.rank_zero", r"^`Trainer.fit` stopped: `max_epochs=\d+` reached"),
 )
 
 # warning messages (regular expressions matched at the start of the message)
@@ -39,6 +41,8 @@ WARNING_NOISE: tuple[str, ...] = (
     # the frozen diffusion model is in eval mode on purpose, and closed-form steps use no data workers
     r".*module\(s\) in eval mode",
     r".*does not have many workers",
+    # tqdm.auto in a notebook without ipywidgets (diffusers imports it; rece draws no bar there)
+    r"IProgress not found",
 )
 
 

@@ -29,9 +29,8 @@ from torch import Tensor
 
 from rece_lightning.closed_form import Technique
 from rece_lightning.config import RECEConfig, UCEConfig, as_config, check_choice, check_concepts
-from rece_lightning.cross_attention import check_kv_weights
+from rece_lightning.cross_attention import MAIN_SPACE, check_kv_weights
 from rece_lightning.edit_state import EditState
-from rece_lightning.editor import KVEditor
 from rece_lightning.errors import RECEError
 from rece_lightning.export import load_kv_weights
 from rece_lightning.families import family_of
@@ -39,6 +38,7 @@ from rece_lightning.family import ModelFamily
 from rece_lightning.files import read_csv
 from rece_lightning.robust import RobustConfig, RobustRecipe
 from rece_lightning.selection import SelectionRule
+from rece_lightning.spaces import SpacedEditor
 
 __all__ = ["ORIGINAL", "Recipe", "erase", "fit_epochs", "read_preserve_csv", "selection_rule", "stage_names"]
 
@@ -109,7 +109,8 @@ class Recipe:
     Attributes:
         family: the model-family adapter (text side and text-reading layers).
         text: the family's text encoder (cached encodings).
-        editor: the edit of the text-reading layers; ``editor.apply()`` folds it into the model.
+        editor: the edit of the text-reading layers, one per input space
+            (:class:`~rece_lightning.spaces.SpacedEditor`); ``editor.apply()`` folds it into the model.
         stages: the stage names, ``["uce", "rece-1", …]``.
         stage: the last stage run (``"original"`` before any).
     """
@@ -144,12 +145,13 @@ class Recipe:
         self.text = self.family.text
         for text in self.texts():
             self.text.check(text, "text")
-        self.editor = KVEditor(self.family.text_layers(), with_to_k=with_to_k, technique=technique)
+        self.editor = SpacedEditor(self.family.text_layers(), with_to_k=with_to_k, technique=technique)
         if self.uce.weights is not None:
             source = self.uce.weights
             self.editor.set_base(check_kv_weights(self.editor.projections, load_kv_weights(source), source))
         if method == "robust":  # the opt-in recipe (rece_lightning.robust) runs the stages instead of the paper's
-            self.robust = RobustRecipe(self.editor, self.text, self.concepts, self.anchors, robust_config)
+            # on the token space (the other input spaces, e.g. Flux's pooled embedding, stay unedited)
+            self.robust = RobustRecipe(self.editor.main, self.text, self.concepts, self.anchors, robust_config)
 
     @staticmethod
     def check_settings(concepts: Sequence[str], anchor: str | Sequence[str], uce: UCEConfig, rece: RECEConfig,
@@ -183,49 +185,60 @@ class Recipe:
         texts += [*self.uce_preserve(), *self.rece_preserve(), *(self.rece.derivation_target or [])]
         return texts + (self.robust.texts() if self.robust is not None else [])
 
-    def _stack(self, texts: list[str]) -> Tensor | None:
-        return torch.cat([self.text.full(t) for t in texts]) if texts else None
+    def _stack(self, texts: list[str], space: str = MAIN_SPACE) -> Tensor | None:
+        return torch.cat([self.text.space(space).full(t) for t in texts]) if texts else None
 
     # ---------------------------------------------------------------------------------------------- stages
     def uce_step(self) -> None:
         """The first edit: concept → anchor with the official token alignment (UCE ``edit_model``), or with each
-        text's last word token (``uce.tokens: last``, the official UCE scripts)."""
+        text's last word token (``uce.tokens: last``, the official UCE scripts); in every input space."""
         cfg = self.uce
         if cfg.weights is not None:
             self.editor.reset()  # the base already holds the given K/V weights
             return
         preserve = self.uce_preserve()
-        pairs = list(zip(self.concepts, map(self.uce_anchor, self.anchors), strict=True))
-        if cfg.tokens == "last":  # official UCE scripts: one row per text, its last word token
-            blocks = [(self.text.last(c), self.text.last(a)) for c, a in pairs]
-            rows = torch.cat([self.text.last(t) for t in preserve]) if preserve else None
-        else:
-            blocks = [self.text.aligned(c, a) for c, a in pairs]
-            rows = self._stack(preserve)
-        self.editor.erase(blocks, rows, lamb=cfg.lamb, erase_scale=cfg.erase_scale,
-                          preserve_scale=cfg.scale_of_preserve(len(preserve)))
+        # the official UCE scripts (tokens: last) take an empty anchor as it is; train_uce.py replaces it by " "
+        # (the same tokens for CLIP and T5, not for Llama)
+        anchors = self.anchors if cfg.tokens == "last" else map(self.uce_anchor, self.anchors)
+        pairs = list(zip(self.concepts, anchors, strict=True))
+        for space in self.editor.spaces:
+            text = self.text.space(space)
+            if cfg.tokens == "last":  # official UCE scripts: one row per text, its last word token
+                blocks = [(text.last(c), text.last(a)) for c, a in pairs]
+                rows = torch.cat([text.last(t) for t in preserve]) if preserve else None
+            else:
+                blocks = [text.aligned(c, a) for c, a in pairs]
+                rows = self._stack(preserve, space)
+            self.editor.erase(blocks, rows, space=space, lamb=cfg.lamb, erase_scale=cfg.erase_scale,
+                              preserve_scale=cfg.scale_of_preserve(len(preserve)))
 
-    def derive(self) -> list[Tensor]:
-        """Every concept's embedding that still regenerates it against the current edit (RECE eq. 8)."""
+    def derive(self, space: str = MAIN_SPACE) -> list[Tensor]:
+        """Every concept's embedding in input space ``space`` that still regenerates it against the current edit
+        (RECE eq. 8; each space's part of the joint derivation, :mod:`rece_lightning.spaces`)."""
         cfg = self.rece
+        text = self.text.space(space)
         targets = cfg.derivation_target or self.anchors
         return self.editor.derive(
-            [self.text.full(concept) for concept in self.concepts],
+            [text.full(concept) for concept in self.concepts],
+            space=space,
             gamma=cfg.gamma,
             variant=cfg.derivation,
-            targets=[self.text.full(t) for t in targets] if cfg.derivation == "standard" else None,
+            targets=[text.full(t) for t in targets] if cfg.derivation == "standard" else None,
             surrogate_item=cfg.surrogate_item,
         )
 
     def rece_step(self) -> list[Tensor]:
         """One RECE iteration (official ``train.py`` epoch): derive every concept's adversarial embedding, then
-        erase all of them (all token rows) towards the anchors. Returns the derived embeddings."""
+        erase all of them (all token rows) towards the anchors, in every input space. Returns the derived token
+        embeddings."""
         cfg = self.rece
-        derived = self.derive()
-        blocks = [(emb, self.text.full(anchor)) for emb, anchor in zip(derived, self.anchors, strict=True)]
-        self.editor.erase(blocks, self._stack(self.rece_preserve()), lamb=cfg.lamb, erase_scale=cfg.erase_scale,
-                          preserve_scale=cfg.preserve_scale)
-        return derived
+        derived = {space: self.derive(space) for space in self.editor.spaces}  # all against the same edit
+        for space, embeddings in derived.items():
+            text = self.text.space(space)
+            blocks = [(emb, text.full(anchor)) for emb, anchor in zip(embeddings, self.anchors, strict=True)]
+            self.editor.erase(blocks, self._stack(self.rece_preserve(), space), space=space, lamb=cfg.lamb,
+                              erase_scale=cfg.erase_scale, preserve_scale=cfg.preserve_scale)
+        return derived[MAIN_SPACE]
 
     def run(self, stage: str, apply: bool = True) -> None:
         """Run ``stage`` on top of the stages before it; fold the edit into the model if ``apply``."""
@@ -245,7 +258,7 @@ class Recipe:
         if apply:
             self.editor.apply()
 
-    def erase(self) -> KVEditor:
+    def erase(self) -> SpacedEditor:
         """Run every remaining stage and fold the result into the model once; returns the editor."""
         start = 0 if self.stage == ORIGINAL else self.stages.index(self.stage) + 1
         for stage in self.stages[start:]:

@@ -13,6 +13,11 @@ of the last word token for CLIP (start token first) and for T5 (no start token) 
 Other model families subclass :class:`TextEncoder` and override :meth:`TextEncoder.encode_batch` (SDXL: two CLIP
 encoders, Flux: T5 + pooled CLIP, SD3: two CLIP + T5 in one sequence; see :mod:`rece_lightning.families`).
 
+**Input spaces.** A family whose denoiser reads a text through more than one embedding (Flux and SD3: the tokens and
+the pooled embedding; HiDream: T5 and Llama layers) puts the others in :attr:`EncodedText.spaces`, one
+:class:`EncodedText` per space (a pooled embedding is one row, :meth:`EncodedText.single_row`);
+:meth:`TextEncoder.space` reads one space with the same ``full`` / ``last`` / ``aligned`` as the tokens.
+
 **Token level** (what the token attacks need, :mod:`rece_lightning.attacks`): :meth:`TextEncoder.vocabulary` (the
 prompt tokenizer's ids an attack may use), :meth:`TextEncoder.decode`, :meth:`TextEncoder.encode_token_ids` (the
 embeddings of prompts made of given token ids: discrete Ring-A-Bell) and :meth:`TextEncoder.encode_with_prefix`
@@ -24,12 +29,13 @@ Flux's T5); families with more encoders override them (SDXL).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from rece_lightning.cross_attention import MAIN_SPACE
 from rece_lightning.errors import RECEError
 
 
@@ -42,12 +48,29 @@ class EncodedText:
         embedding: (L, d) float64 token embeddings, padded to the tokenizer's length.
         length: non-padding tokens, start and end tokens included.
         pooled: the pooled text embedding some families also read (SDXL, Flux), else ``None``.
+        spaces: the text's embeddings in the family's other input spaces (see the module docstring), by space name.
     """
 
     text: str
     embedding: Tensor
     length: int
     pooled: Tensor | None = None
+    spaces: Mapping[str, EncodedText] = field(default_factory=dict)
+
+    @classmethod
+    def single_row(cls, text: str, row: Tensor) -> EncodedText:
+        """A one-row embedding (a pooled embedding, ``(d,)`` or ``(1, d)``): its only row is its last token and the
+        row every alignment pairs (``length`` 2, the start token and the row, in the official ``length − 2``)."""
+        return cls(text=text, embedding=row.reshape(1, -1), length=2)
+
+    def in_space(self, space: str) -> EncodedText:
+        """The text's embedding in input space ``space`` (itself for :data:`MAIN_SPACE`)."""
+        if space == MAIN_SPACE:
+            return self
+        if space not in self.spaces:
+            raise RECEError(f"the text encoder gives no embedding in the input space {space!r} "
+                            f"(it has {[MAIN_SPACE, *self.spaces]})")
+        return self.spaces[space]
 
     @property
     def last_token(self) -> Tensor:
@@ -89,7 +112,7 @@ class TextEncoder:
         todo = [t for t in dict.fromkeys(texts) if t not in self._cache]
         if todo:
             for encoded in self.encode_batch(todo):
-                if not torch.isfinite(encoded.embedding).all():
+                if not all(torch.isfinite(e.embedding).all() for e in (encoded, *encoded.spaces.values())):
                     raise RECEError("the text encoder produced non-finite embeddings; check its weights and dtype")
                 self._cache[encoded.text] = encoded
         return [self._cache[t] for t in texts]
@@ -106,6 +129,11 @@ class TextEncoder:
         hidden = hidden.detach().to("cpu", torch.float64)
         return [EncodedText(text=text, embedding=hidden[row], length=int(mask.sum()))
                 for text, row, mask in zip(todo, inverse.tolist(), tokens.attention_mask, strict=True)]
+
+    def space(self, name: str) -> TextEncoder:
+        """The texts' embeddings in input space ``name`` (this encoder for :data:`MAIN_SPACE`), read with the same
+        :meth:`full`, :meth:`last` and :meth:`aligned`."""
+        return self if name == MAIN_SPACE else SpaceText(self, name)
 
     def full(self, text: str) -> Tensor:
         """All ``L`` token rows of ``text`` (float64)."""
@@ -241,6 +269,23 @@ def run_with_prefix(encoder: nn.Module, ids: Tensor, start: int, prefix: Tensor,
     rows = prefix_rows(encoder, prefix)
     with replaced_tokens(encoder, start, rows):
         return encoder(ids.to(prefix.device), **kwargs)
+
+
+class SpaceText(TextEncoder):
+    """One input space other than the tokens of a :class:`TextEncoder` (:meth:`TextEncoder.space`): texts are
+    encoded (and cached) by the encoder, and read in this space."""
+
+    def __init__(self, encoder: TextEncoder, space: str) -> None:
+        super().__init__(encoder.tokenizer, encoder.text_encoder)
+        self.encoder, self.name = encoder, space
+
+    def check(self, text: str, role: str) -> None:
+        """The encoder's check (a text is tokenised once for every space)."""
+        self.encoder.check(text, role)
+
+    def encode(self, texts: Sequence[str]) -> list[EncodedText]:
+        """The texts' embeddings in this space, encoded (and cached) by the encoder."""
+        return [e.in_space(self.name) for e in self.encoder.encode(texts)]
 
 
 def align_tokens(concept: EncodedText, anchor: EncodedText) -> tuple[Tensor, Tensor]:

@@ -105,6 +105,12 @@ def tiny_sd3(tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="session")
+def tiny_hidream(tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny HiDream random pipeline (T5 width 32, Llama width 64, ``llama_layers`` ``(0, 1, 1)``)."""
+    return _save_family(tokenizer_path, tmp_path_factory.mktemp("models"), "hidream")
+
+
+@pytest.fixture(scope="session")
 def tiny_sd2(tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny SD2-shaped random pipeline (tokenizer pads with "!")."""
     return _save(tokenizer_path, tmp_path_factory.mktemp("models"), "tiny-sd2")

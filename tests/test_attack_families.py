@@ -238,3 +238,32 @@ def test_flux_loss_reads_the_guidance_of_a_guidance_distilled_transformer(tiny_f
                                 img_ids=img_ids, return_dict=False)[0]
     torch.testing.assert_close(losses[0], (pred - (noise - x0)).square().flatten(1).mean(1), rtol=1e-5, atol=1e-7)
     assert not torch.allclose(losses[0], losses[1])
+
+
+def test_embedding_attacks_attack_the_pooled_input(target, pairs):
+    """Inversion derives the pooled embedding beside the token one (Flux; SDXL's UNet reads no pooled input through
+    a text-reading layer), Ring-A-Bell's continuous attack moves it along the pooled concept vector, and generation
+    uses them: an image from the adversarial pooled embedding differs from one with the prompt's own."""
+    from rece_lightning.attacks import EmbeddingInversion
+    from rece_lightning.attacks.inversion import _regeneration_error
+
+    found = EmbeddingInversion(gamma=0.1).run(target, ROWS)
+    spaces = target.editor.spaces
+    if "pooled" not in spaces:
+        assert all(f.pooled is None for f in found)
+        return
+    text = target.text.space("pooled")
+    for row, f in zip(ROWS, found, strict=True):
+        (expected,) = target.editor.derive([text.full(row["prompt"])], space="pooled", gamma=0.1)
+        torch.testing.assert_close(f.pooled, expected[0].float())
+        plain = _regeneration_error(target.editor, text.full(row["prompt"]), text.full(row["prompt"]), "pooled")
+        assert f.info["relative_regeneration_error_pooled"] < plain  # fools the edited pooled layer better
+    ring = RingABell(str(pairs), eta=1.0).run(target, ROWS)
+    vector = concept_vector(target, read_pairs(str(pairs)), space="pooled")
+    for row, f in zip(ROWS, ring, strict=True):
+        torch.testing.assert_close(f.pooled, (text.full(row["prompt"]) + vector)[0].float())
+    f = found[0]
+    own = target.generate([f.prompt], [3], prompt_embeds=[f.embedding], output_type="np")
+    adversarial = target.generate([f.prompt], [3], prompt_embeds=[f.embedding], pooled_embeds=[f.pooled],
+                                  output_type="np")
+    assert float(abs(own[0] - adversarial[0]).max()) > 1e-4

@@ -8,7 +8,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from rece_lightning.checkpoint import _edit_tensors
+from rece_lightning.errors import RECEError
 from rece_lightning.export import apply_edit_map, read_metadata, save_edit_map, save_lora
+from rece_lightning.files import tensor_sha256
 from rece_lightning.module import RECEModule
 
 
@@ -81,3 +84,87 @@ def test_shared_edit_map_is_stored_once_and_applies(tiny_sd1, tmp_path):
     state = unet.state_dict()
     for key, value in editor.current_weights().items():
         torch.testing.assert_close(state[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_flux_checkpoint_rebuilds_every_input_space(tiny_flux, tmp_path):
+    """Flux edits two input spaces (tokens: ``context_embedder``; pooled: ``time_text_embed.text_embedder.linear_1``):
+    its checkpoints hold both spaces' edit (``space.pooled.`` keys) and no weight, and loading one or resuming from
+    one rebuilds both layers bit for bit."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from rece_lightning.data import RECEDataModule
+    from tests.conftest import SEQ
+
+    settings = dict(pretrained=str(tiny_flux), concepts=["nudity"], validate_original=False, rece={"iterations": 1},
+                    max_sequence_length=SEQ)
+    module = RECEModule(**settings)
+    original = _weights(module)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, filename="stage-{epoch}")
+    trainer = L.Trainer(max_epochs=len(module.stages), callbacks=[checkpoints], logger=False,
+                        enable_progress_bar=False)
+    trainer.fit(module, datamodule=RECEDataModule())
+    edited = _weights(module)
+    assert module.stage == "rece-1" and set(module.editor.spaces) == {"tokens", "pooled"}
+    assert all(not torch.equal(edited[k], original[k]) for k in original), "both input spaces are edited"
+
+    last = torch.load(tmp_path / "stage-epoch=1.ckpt", weights_only=True)
+    assert last["state_dict"] == {}
+    assert any(k.startswith("space.pooled.") for k in last["rece"]["state"])
+    loaded = RECEModule.load_from_checkpoint(tmp_path / "stage-epoch=1.ckpt")
+    assert loaded.stage == "rece-1"
+    assert all(torch.equal(w, edited[k]) for k, w in _weights(loaded).items()), "loading rebuilds both spaces"
+    # a pooled map of the wrong width (hash made to match) is refused in one line, naming the space
+    pooled = [k for k in last["rece"]["state"] if k.startswith("space.pooled.maps.")]
+    assert pooled
+    for key in pooled:
+        last["rece"]["state"][key] = torch.eye(3, dtype=torch.float64)
+    last["rece"]["sha256"] = tensor_sha256(_edit_tensors(last["rece"]))
+    with pytest.raises(RECEError, match="width of input space 'pooled'"):
+        RECEModule(**settings).on_load_checkpoint(last)
+
+    resumed = RECEModule(**settings)
+    L.Trainer(max_epochs=len(resumed.stages), logger=False, enable_checkpointing=False,
+              enable_progress_bar=False).fit(resumed, datamodule=RECEDataModule(),
+                                             ckpt_path=tmp_path / "stage-epoch=0.ckpt")
+    assert resumed.stage == "rece-1"
+    assert all(torch.equal(w, edited[k]) for k, w in _weights(resumed).items()), "resuming rebuilds both spaces"
+
+
+def test_spaced_edit_map_stores_each_shared_map_once_and_lora_spans_every_space(tmp_path):
+    """With keys and values sharing a map in two input spaces, the map file holds ``T`` and ``pooled.T`` (metadata
+    names the kinds) and reads back as every space's kinds; the LoRA (rank cap included) covers every space's layers."""
+    from torch import nn
+
+    from rece_lightning.cross_attention import Projection
+    from rece_lightning.export import load_edit_map
+    from rece_lightning.spaces import SpacedEditor
+
+    gen = torch.Generator().manual_seed(0)
+    widths = {"tokens": 6, "pooled": 4}
+    layers = []
+    for space, d in widths.items():
+        for kind in ("to_k", "to_v"):
+            linear = nn.Linear(d, 5, bias=False).double()
+            with torch.no_grad():
+                linear.weight.copy_(torch.randn(5, d, generator=gen, dtype=torch.float64))
+            layers.append(Projection(f"{space}_{kind}", kind, linear, "transformer", space))
+    editor = SpacedEditor(layers)
+    for space, d in widths.items():
+        rows = [torch.randn(3, d, generator=gen, dtype=torch.float64) for _ in range(3)]
+        editor.erase([(rows[0], rows[1])], rows[2], space=space, lamb=0.5, erase_scale=1.0, preserve_scale=1.0)
+    path = save_edit_map(editor, tmp_path / "map.safetensors")
+    with safe_open(str(path), "pt") as handle:
+        assert sorted(handle.keys()) == ["T", "pooled.T"]
+    maps, info = load_edit_map(path)
+    assert set(maps) == {"to_k", "to_v", "pooled.to_k", "pooled.to_v"}
+    assert info["shared"] == ["to_k", "to_v"] and info["spaces"]["pooled"]["shared"] == ["to_k", "to_v"]
+    for space in widths:
+        prefix = "" if space == "tokens" else f"{space}."
+        for kind in ("to_k", "to_v"):
+            assert torch.equal(maps[f"{prefix}{kind}"], editor.space(space).maps[kind])
+
+    info = read_metadata(save_lora(editor, tmp_path / "lora.safetensors", max_rank=1))["lora"]
+    assert info["rank"] == 1 and info["edit_rank"] > 1 and 0 < info["relative_error"] < 1
+    with safe_open(str(tmp_path / "lora.safetensors"), "pt") as handle:
+        assert {k.split(".")[1] for k in handle.keys()} == {p.key.removesuffix(".weight") for p in layers}  # noqa: SIM118

@@ -162,3 +162,47 @@ def test_ddp_processes_share_the_cache(tiny_sd1, triangles, tmp_path):
     assert docs[0]["world_size"] == docs[1]["world_size"] == 2
     assert docs[0]["records"] == docs[1]["records"] and docs[0]["summary"] == docs[1]["summary"]
     assert {p.parent.parent.name for p in EvalCache().entries()} == {"records", "grid"}
+
+
+def test_grid_key_follows_the_rows_shown_the_layout_and_the_judge():
+    """The grid's verdicts come from the first judge: its protocol is part of the grid's key; rows past
+    ``per_kind`` of their kind and a metric that is not a judge are not."""
+    from types import SimpleNamespace
+
+    from rece_lightning.callbacks import ImageGridLogger, ImageMetric
+
+    class Judge(ImageMetric):
+        def __init__(self, threshold: float) -> None:
+            super().__init__("judge")
+            self.threshold = threshold
+
+        def score(self, images, rows):
+            return [{} for _ in images]
+
+        def summarize(self, records):
+            return {}
+
+        def protocol(self):
+            return {"threshold": self.threshold}
+
+        def success(self, record):
+            return None
+
+    class Counter(Judge):  # not a judge: success is ImageMetric's
+        success = ImageMetric.success
+
+    rows = [{"row": i, "prompt": f"p{i}", "seed": i, "kind": "explicit" if i < 3 else "unrelated"} for i in range(6)]
+    grid = ImageGridLogger(per_kind=2)
+
+    def parts(*callbacks, rows=rows, grid=grid):
+        return grid.cache_parts(SimpleNamespace(callbacks=[grid, *callbacks]), rows)
+
+    base = parts(Judge(0.5))
+    assert [r["row"] for r in base["rows"]] == [0, 1, 3, 4]
+    assert base["judge"]["protocol"] == {"threshold": 0.5}
+    assert parts(Judge(0.6)) != base  # another threshold: other verdicts
+    assert parts(Judge(0.5), Counter(0.9)) == base
+    assert parts(Judge(0.5), rows=[{**r, "prompt": "x"} if r["row"] == 2 else r for r in rows]) == base  # not shown
+    assert parts(Judge(0.5), rows=[{**r, "prompt": "x"} if r["row"] == 1 else r for r in rows]) != base
+    assert parts(Judge(0.5), grid=ImageGridLogger(per_kind=2, tile=64))["grid"] != base["grid"]
+    assert parts()["judge"] is None

@@ -228,22 +228,27 @@ def test_flux_last_token_matches_official_uce(tiny_flux):
 
 
 # ------------------------------------------------------------------------- RECE's derivation: zero gradient
-@pytest.mark.parametrize("family", ["sdxl", "flux", "sd3"])
+@pytest.mark.parametrize("family", ["sdxl", "flux", "sd3", "hidream"])
 def test_derivation_has_zero_gradient(family, request):
     """``c' = argmin Σ_l ‖W'_l c' − W_l c‖² + γ‖c'‖²`` (RECE eq. 8, regzero): its gradient vanishes, computed
-    layer by layer from the edited and original weights, in the family's embedding space."""
+    layer by layer from the edited and original weights, in each of the family's input spaces (Flux and SD3: the
+    tokens and the pooled embedding, derived beside each other; HiDream: T5 and each Llama layer read)."""
     pipe = _pipe(_model(request, family))
     recipe = Recipe(family_of(pipe, max_sequence_length=SEQ), ["nudity"], " ", rece={"iterations": 1, "gamma": 0.1})
     recipe.run("uce", apply=False)
-    concept = recipe.text.full("nudity")
-    (derived,) = recipe.derive()
-    assert derived.shape == concept.shape and derived.shape[1] == {"sdxl": 64, "flux": 32, "sd3": 96}[family]
+    widths = {"sdxl": {"tokens": 64}, "flux": {"tokens": 32, "pooled": 32}, "sd3": {"tokens": 96, "pooled": 64},
+              "hidream": {"tokens": 32, "llama0": 64, "llama1": 64}}
+    assert {s: recipe.editor.space(s).dim for s in recipe.editor.spaces} == widths[family]
     edited = recipe.editor.current_weights(torch.float64)
-    grad = 0.1 * derived
-    for p in recipe.editor.projections:
-        w1, w0 = edited[p.key], recipe.editor.original[p.key].double()
-        grad = grad + (derived @ w1.T - concept @ w0.T) @ w1
-    assert float(grad.norm()) < 1e-8 * float((concept @ w0.T @ w1).norm())
+    for space in recipe.editor.spaces:
+        concept = recipe.text.space(space).full("nudity")
+        (derived,) = recipe.derive(space)
+        assert derived.shape == concept.shape and derived.shape[1] == widths[family][space]
+        grad = 0.1 * derived
+        for p in recipe.editor.space(space).projections:
+            w1, w0 = edited[p.key], recipe.editor.original[p.key].double()
+            grad = grad + (derived @ w1.T - concept @ w0.T) @ w1
+        assert float(grad.norm()) < 1e-8 * float((concept @ w0.T @ w1).norm()), space
 
 
 # ----------------------------------------------------------------------------------------- end to end
@@ -283,8 +288,8 @@ def test_fit_export_lora_validate_end_to_end(family, request, tmp_path):
     kv = load_file(export / KV_WEIGHTS)
     prefix = "unet" if family == "sdxl" else "transformer"
     assert all(k.startswith(f"{prefix}.") for k in load_file(export / LORA))
-    if family != "sdxl":
-        assert set(kv) == {"context_embedder.weight"}
+    if family != "sdxl":  # the tokens' and the pooled embedding's layer (rece_lightning.spaces)
+        assert set(kv) == {"context_embedder.weight", "time_text_embed.text_embedder.linear_1.weight"}
     else:
         assert len(kv) == 24 and all(k.endswith(("attn2.to_k.weight", "attn2.to_v.weight")) for k in kv)
 

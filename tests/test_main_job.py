@@ -36,6 +36,11 @@ def test_quickstart_notebook_runs():
                             resources={"metadata": {"path": str(REPO)}}).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
+    # quiet: no warning, log message or progress bar reaches the reader (they arrive as stderr streams)
+    noise = [o["text"] for o in outputs if o.get("output_type") == "stream" and o.get("name") == "stderr"]
+    assert not noise, noise
+    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    assert "Warning" not in text and "warn" not in text.lower(), text
     last = notebook.cells[-2]["outputs"][0]["data"]["text/plain"]
     assert "original" in last and "RECE" in last
     assert Path(path).stat().st_size < 200_000

@@ -11,9 +11,9 @@ import torch
 from torch import Tensor
 
 from rece_lightning.config import GenerationConfig
-from rece_lightning.editor import KVEditor
 from rece_lightning.family import ModelFamily
 from rece_lightning.generation import generate
+from rece_lightning.spaces import SpacedEditor
 from rece_lightning.text import TextEncoder
 
 Judge = Callable[[list, list[dict[str, Any]]], list[bool]]
@@ -44,7 +44,7 @@ class AttackTarget:
 
     pipeline: Any
     text: TextEncoder
-    editor: KVEditor
+    editor: SpacedEditor
     generation: GenerationConfig
     judge: Judge | None = None
     pipeline_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -63,12 +63,15 @@ class AttackTarget:
         guidance: Sequence[float | None] | None = None,
         prompt_embeds: Sequence[Tensor | None] | None = None,
         output_type: str = "pil",
+        pooled_embeds: Sequence[Tensor | None] | None = None,
     ) -> Any:
-        """Images (or latents) of the model as it is, one per prompt, each from its own seed."""
+        """Images (or latents) of the model as it is, one per prompt, each from its own seed (and its own pooled
+        embedding, where given with its ``prompt_embeds``)."""
         g = self.generation
         return generate(self.pipeline, prompts, seeds, num_inference_steps=g.num_inference_steps,
                         guidance_scale=g.guidance_scale, guidance=guidance, height=g.height, width=g.width,
-                        prompt_embeds=prompt_embeds, output_type=output_type, extra=self.pipeline_kwargs)
+                        prompt_embeds=prompt_embeds, output_type=output_type, extra=self.pipeline_kwargs,
+                        pooled_embeds=pooled_embeds)
 
     @property
     def num_train_timesteps(self) -> int:
@@ -113,11 +116,14 @@ class AdversarialInput:
     Attributes:
         prompt: the text to generate from (the adversarial prompt, or the row's prompt for embedding attacks).
         embedding: ``(L, d)`` prompt embedding to generate from instead of the text, or ``None``.
+        pooled: ``(d,)`` pooled embedding to generate with (with ``embedding``), for families whose denoiser reads
+            one (Flux, SD3: the ``pooled`` input space, :mod:`rece_lightning.spaces`); ``None``: the prompt's own.
         info: JSON-serialisable details (objective values, tokens, steps …) kept in the test records.
     """
 
     prompt: str
     embedding: Tensor | None = None
+    pooled: Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
 

@@ -4,7 +4,9 @@ evaluates it) or matched by a genetic search over tokens (the official discrete 
 
 Both work on every model family: the embeddings are the family's (:attr:`AttackTarget.text`), the discrete search's
 tokens those of the family's prompt tokenizer (SD: CLIP, SDXL: the shared CLIP vocabulary of both encoders, Flux:
-T5), encoded by :meth:`~rece_lightning.text.TextEncoder.encode_token_ids`."""
+T5), encoded by :meth:`~rece_lightning.text.TextEncoder.encode_token_ids`. Where the denoiser also reads a pooled
+embedding (Flux, SD3), the continuous attack moves it too, along the pooled concept vector of the same pairs; the
+discrete attack's prompt brings its own pooled embedding when its images are generated."""
 
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ from torch import Tensor
 
 from rece_lightning.attacks.base import AdversarialInput, Attack, AttackTarget
 from rece_lightning.attacks.genetic import GeneticSearch
+from rece_lightning.cross_attention import MAIN_SPACE
 from rece_lightning.errors import RECEError
+from rece_lightning.family import POOLED_SPACE
 from rece_lightning.text import search_vocabulary
 
 __all__ = ["RingABell", "concept_vector", "read_pairs", "search_vocabulary", "token_embeddings"]
@@ -39,13 +43,16 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
     return pairs
 
 
-def concept_vector(target: AttackTarget, pairs: list[tuple[str, str]], batch_size: int = 8) -> Tensor:
-    """Mean over batches of the mean ``E(sensitive) − E(normal)`` (official ``RingABell.py``), (L, d) float64."""
+def concept_vector(target: AttackTarget, pairs: list[tuple[str, str]], batch_size: int = 8,
+                   space: str = MAIN_SPACE) -> Tensor:
+    """Mean over batches of the mean ``E(sensitive) − E(normal)`` (official ``RingABell.py``), (L, d) float64, in
+    input space ``space`` (the token embeddings, or e.g. the pooled one: ``(1, d)``)."""
     means = []
+    text = target.text.space(space)
     for i in range(0, len(pairs), batch_size):
         batch = pairs[i : i + batch_size]
         target.text.encode([s for s, _ in batch] + [n for _, n in batch])
-        diff = torch.stack([target.text.full(s) - target.text.full(n) for s, n in batch])
+        diff = torch.stack([text.full(s) - text.full(n) for s, n in batch])
         means.append(diff.mean(0))
     return torch.stack(means).mean(0)
 
@@ -82,12 +89,19 @@ class RingABell(Attack):
         self.name = f"ring_a_bell_{mode}"
 
     def run(self, target: AttackTarget, rows: list[dict[str, Any]]) -> list[AdversarialInput]:
-        vector = concept_vector(target, read_pairs(self.pairs_path))
+        pairs = read_pairs(self.pairs_path)
+        vector = concept_vector(target, pairs)
         prompts = [row["prompt"] for row in rows]
         target.text.encode(prompts)
         targets = [target.text.full(p) + self.eta * vector for p in prompts]
         if self.mode == "continuous":
-            return [AdversarialInput(prompt=p, embedding=t.float()) for p, t in zip(prompts, targets, strict=True)]
+            pooled: list[Tensor | None] = [None] * len(prompts)
+            if POOLED_SPACE in target.editor.spaces:  # the pooled input moves along its own concept vector
+                space = target.text.space(POOLED_SPACE)
+                v = concept_vector(target, pairs, space=POOLED_SPACE)
+                pooled = [(space.full(p) + self.eta * v)[0].float() for p in prompts]
+            return [AdversarialInput(prompt=p, embedding=t.float(), pooled=q)
+                    for p, t, q in zip(prompts, targets, pooled, strict=True)]
         search = GeneticSearch(target.text.encode_token_ids, target.text.vocabulary(), **self.search_args)
         out = []
         for result in search.search_many(targets):

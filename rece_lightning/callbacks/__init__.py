@@ -15,6 +15,7 @@ _WHERE = {
     "ClassifierAccuracy": "classifier",
     "ExportEdit": "export",
     "FrechetDistance": "fid",
+    "HParamsSummary": "hparams",
     "ImageGridLogger": "image_grid",
     "ImageMetric": "metric",
     "NudeNetMetric": "nudenet",
@@ -28,6 +29,7 @@ __all__ = [
     "ClassifierAccuracy",
     "ExportEdit",
     "FrechetDistance",
+    "HParamsSummary",
     "ImageGridLogger",
     "ImageMetric",
     "NudeNetMetric",
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
     from rece_lightning.callbacks.clip_score import CLIPScoreMetric
     from rece_lightning.callbacks.export import ExportEdit
     from rece_lightning.callbacks.fid import FrechetDistance
+    from rece_lightning.callbacks.hparams import HParamsSummary
     from rece_lightning.callbacks.image_grid import ImageGridLogger
     from rece_lightning.callbacks.metric import ImageMetric
     from rece_lightning.callbacks.nudenet import NudeNetMetric

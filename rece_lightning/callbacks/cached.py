@@ -93,11 +93,13 @@ class CachedEvaluation:
 
 
 def evaluation_reused(trainer: L.Trainer, stage: str) -> bool:
-    """Whether every callback that reads the validation images (overrides ``on_validation_batch_end``) reuses its
-    cached result this epoch, so that no image needs generating; says in one line what was reused."""
+    """Whether every callback that reads the validation images (overrides ``on_validation_batch_end``, unless its
+    class sets ``reads_images = False``, e.g. a progress display) reuses its cached result this epoch, so that no
+    image needs generating; says in one line what was reused."""
     hits = [cb.cache_label() for cb in trainer.callbacks if isinstance(cb, CachedEvaluation) and cb.cache_hit]
     readers = [cb for cb in trainer.callbacks
-               if type(cb).on_validation_batch_end is not L.Callback.on_validation_batch_end]
+               if type(cb).on_validation_batch_end is not L.Callback.on_validation_batch_end
+               and getattr(cb, "reads_images", True)]
     reused = bool(readers) and all(isinstance(cb, CachedEvaluation) and cb.cache_hit for cb in readers)
     if hits and trainer.is_global_zero:
         print(f"rece: cache hit: stage {stage!r}: {', '.join(hits)} reused from the evaluation cache"

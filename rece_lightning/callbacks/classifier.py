@@ -246,6 +246,17 @@ class ClassifierAccuracy(ImageMetric):
         """A target image classified as the erased concept."""
         return bool(record["is_concept"]) if record.get("role") == "target" else None
 
+    def verdict(self, record: Mapping[str, Any]) -> tuple[str, bool] | None:
+        """Targets: ``concept`` (still shown) or ``erased``; preservation rows: ``kept`` (labels as prompted) or
+        ``changed: <predicted labels that differ>``."""
+        if record.get("role") == "preserve" and record.get("preserved") is not None:
+            if record["preserved"]:
+                return "kept", True
+            predicted, truth = record.get("predicted") or {}, record.get("truth") or {}
+            wrong = [str(predicted.get(h)) for h, t in truth.items() if not label_matches(str(predicted.get(h)), t)]
+            return "changed: " + " ".join(wrong), False
+        return super().verdict(record)
+
     def summarize(self, records: list[dict[str, Any]]) -> dict[str, float]:
         summary: dict[str, float] = {}
         targets = [r for r in records if r["role"] == "target"]

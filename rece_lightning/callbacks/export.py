@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import lightning as L
 
+from rece_lightning.callbacks.console import say
 from rece_lightning.callbacks.run import run_dir
 from rece_lightning.export import FORMATS, export_edit, read_metadata
+from rece_lightning.model_card import model_card
+from rece_lightning.run_results import kept_record, kept_stage, stage_metrics
 
 
 class ExportEdit(L.Callback):
@@ -18,13 +22,16 @@ class ExportEdit(L.Callback):
         dirpath: output folder; ``None`` = ``export/`` inside the run's log folder.
         formats: any of ``kv_weights``, ``edit_map``, ``lora``, ``pipeline`` (the whole edited pipeline via
             ``save_pretrained``: several GB for Stable Diffusion, so off by default).
+        write_card: also write the model card ``README.md`` (:mod:`rece_lightning.model_card`): the erased
+            concepts, the recipe, every stage's metrics (from ``eval/<stage>/*.json``), the kept stage and the lines
+            that load the edit.
         lora_max_rank: at most this many directions in the LoRA (``None``: the edit's own rank, exact); a cut LoRA
             is the truncated SVD and its relative error is printed and recorded in the file's metadata.
     """
 
-    def __init__(self, dirpath: str | None = None, formats: list[str] | None = None,
+    def __init__(self, dirpath: str | None = None, formats: list[str] | None = None, write_card: bool = True,
                  lora_max_rank: int | None = None) -> None:
-        self.dirpath = dirpath
+        self.dirpath, self.write_card = dirpath, write_card
         self.lora_max_rank = lora_max_rank
         self.formats = list(formats or ["kv_weights", "edit_map", "lora"])
         unknown = set(self.formats) - set(FORMATS)
@@ -38,17 +45,31 @@ class ExportEdit(L.Callback):
         if not trainer.is_global_zero:
             return
         out = Path(self.dirpath) if self.dirpath else run_dir(trainer) / "export"
-        metadata = {"hparams": dict(pl_module.hparams), "stage": getattr(pl_module, "stage", None)}
+        stage = getattr(pl_module, "stage", None)
+        metadata = {"hparams": dict(pl_module.hparams), "stage": stage}
         if callable(getattr(pl_module, "kept_stage", None)):  # which stage was kept and why (kept_stage.json)
             metadata["kept_stage"] = pl_module.kept_stage()
         self.written = export_edit(
             pl_module.editor, out, self.formats, pipeline=getattr(pl_module, "pipeline", None), metadata=metadata,
+            card=(lambda files: self.card(trainer, pl_module, files, out)) if self.write_card else None,
             lora_max_rank=self.lora_max_rank,
         )
         for fmt, path in self.written.items():
+            if fmt == "card":
+                say(f"rece: wrote the model card {path}")
+                continue
             lora = read_metadata(path).get("lora") if fmt == "lora" else None
             about = "" if lora is None else (f" (rank {lora['rank']}, exact)" if lora["exact"] else
                                              f" (rank {lora['rank']} of {lora['edit_rank']}, truncated SVD: relative error "
                                              f"{lora['relative_error']:.3g}, worst layer "
                                              f"{lora['max_layer_relative_error']:.3g})")
-            print(f"rece: exported {fmt} to {path}{about}")
+            say(f"rece: exported {fmt} to {path}{about}")
+
+    @staticmethod
+    def card(trainer: L.Trainer, pl_module: L.LightningModule, files: Mapping[str, Path], out: Path) -> str:
+        """The model card of the export (stages and metrics read back from the run folder)."""
+        stages = stage_metrics(run_dir(trainer), getattr(pl_module, "stages", None))
+        family = getattr(pl_module, "family", None)
+        exported = getattr(pl_module, "stage", None) or kept_stage(pl_module)  # the state the export holds
+        return model_card(dict(pl_module.hparams), stages, exported, files, out.absolute(),
+                          getattr(family, "denoiser_name", "unet"), reason=kept_record(pl_module).get("reason"))

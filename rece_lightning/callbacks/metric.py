@@ -47,6 +47,20 @@ from rece_lightning.callbacks.run import run_dir
 from rece_lightning.errors import RECEError
 from rece_lightning.eval_cache import pack_records, unpack_records
 from rece_lightning.files import atomic_path
+from rece_lightning.run_results import markdown_table
+
+
+def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested mappings as ``(dotted.key, leaf)`` pairs (lists stay leaves)."""
+    if isinstance(value, Mapping) and value:
+        return [pair for k, v in value.items() for pair in _flatten(v, f"{prefix}.{k}" if prefix else str(k))]
+    return [(prefix, value)]
+
+
+def judges(callbacks: Sequence[Any]) -> list[ImageMetric]:
+    """The metric callbacks that can judge an image (they implement :meth:`ImageMetric.success`), in order: the
+    first one judges attacks that stop early and the verdicts of image grids."""
+    return [cb for cb in callbacks if isinstance(cb, ImageMetric) and type(cb).success is not ImageMetric.success]
 
 
 class ImageMetric(CachedEvaluation, L.Callback, ABC):
@@ -80,6 +94,7 @@ class ImageMetric(CachedEvaluation, L.Callback, ABC):
         self._prepared = False
         self.device = torch.device("cpu")
         self.last_summary: dict[str, float] = {}
+        self.last_records: list[dict[str, Any]] = []
         self.last_path: Path | None = None
         self._cached: list[dict[str, Any]] | None = None  # this epoch's records, read from the evaluation cache
 
@@ -103,6 +118,13 @@ class ImageMetric(CachedEvaluation, L.Callback, ABC):
         """Whether a record's image shows the erased concept (``None`` when the row is not a target): the
         attack-success criterion of ``rece test``. Metrics that cannot judge return ``None``."""
         return None
+
+    def verdict(self, record: Mapping[str, Any]) -> tuple[str, bool] | None:
+        """A short verdict on one record's image and whether it is the wanted outcome (shown under the image in
+        grids): ``("concept", False)`` or ``("erased", True)`` from :meth:`success`; ``None`` when it cannot
+        judge the row."""
+        success = self.success(record)
+        return None if success is None else (("concept", False) if success else ("erased", True))
 
     def judge(self, images: Sequence[Image.Image], rows: Sequence[Mapping[str, Any]]) -> list[bool]:
         """Concept present in each image? (used by attacks that stop early on success, e.g. UnlearnDiffAtk)."""
@@ -210,6 +232,7 @@ class ImageMetric(CachedEvaluation, L.Callback, ABC):
         self._records = []
         if not records:
             return
+        self.last_records = [public(r) for r in records]
         stage = str(self._stage or getattr(pl_module, "stage", "model"))
         if not test:
             self.on_records(trainer, records, stage)
@@ -277,5 +300,6 @@ class ImageMetric(CachedEvaluation, L.Callback, ABC):
     def _log_protocol(self, trainer: L.Trainer, protocol: Mapping[str, Any]) -> None:
         experiment = getattr(trainer.logger, "experiment", None) if trainer.logger is not None else None
         if experiment is not None and hasattr(experiment, "add_text"):
-            text = "```\n" + json.dumps(protocol, indent=1) + "\n```"
-            experiment.add_text(f"protocol/{self.name}", text, global_step=trainer.global_step)
+            rows = [(f"`{key}`", json.dumps(value, ensure_ascii=False)) for key, value in _flatten(protocol)]
+            experiment.add_text(f"protocol/{self.name}", markdown_table(["field", "value"], rows),
+                                global_step=trainer.global_step)

@@ -3,12 +3,15 @@
 ``FluxPipeline.encode_prompt`` (diffusers) makes ``prompt_embeds = text_encoder_2(ids)[0]``: the T5 encoder's last
 hidden state of the text padded to ``max_sequence_length`` tokens (512; 256 for FLUX.1-schnell), no attention mask,
 and ``pooled_prompt_embeds``, the CLIP text encoder's ``pooler_output`` (77 tokens). Every joint transformer block
-reads the text only through ``context_embedder(prompt_embeds)``, so that one layer is what UCE edits, as the
-official ``trainscripts/uce_flux_edit.py`` of github.com/rohitgandikota/unified-concept-editing does (it also edits
-the pooled projection ``time_text_embed.text_embedder.linear_1``; that separate 768-d edit space is not implemented
-here). T5 has no start token, so ``length − 2`` (the official index) is the last word token, as for CLIP.
+reads the tokens only through ``context_embedder(prompt_embeds)`` and the pooled embedding only through
+``time_text_embed.text_embedder.linear_1`` (768 → 3072), so these two layers are what UCE edits, as the official
+``trainscripts/uce_flux_edit.py`` of github.com/rohitgandikota/unified-concept-editing does: each in its own input
+space (:mod:`rece_lightning.spaces`: the tokens, 4096-d, and the pooled CLIP embedding, 768-d, one row per text),
+concept → anchor with the preserved texts kept, and RECE derives the adversarial pooled embedding beside the token
+one. T5 has no start token, so ``length − 2`` (the official index) is the last word token, as for CLIP.
 
-**The bias.** ``context_embedder`` computes ``W c + b``. UCE's objective with the bias kept fixed,
+**The bias.** ``context_embedder`` computes ``W c + b`` (and so does the pooled ``linear_1``; everything below holds
+for it too, ``tests/test_spaces.py::test_flux_pooled_path_matches_official_uce``). UCE's objective with the bias kept fixed,
 
     min_W'  λ ‖W' − W‖²  +  s_e Σ ‖(W' c_i + b) − (W c*_i + b)‖²  +  s_p Σ ‖(W' c_p + b) − (W c_p + b)‖²,
 
@@ -22,12 +25,13 @@ same ``b`` to the edited and the original output, so it cancels in ``‖W'c' + b
 objective; ``tests/test_families.py::test_flux_last_token_matches_official_uce`` checks that our edit equals the
 official computation when ``b = 0`` and differs from it by exactly that rank-one term otherwise.
 
-**The token attacks.** Their tokens are T5 tokens (the text the transformer reads through ``context_embedder``):
-discrete Ring-A-Bell searches T5 ids (no start token, ``</s>``, padding to ``max_sequence_length``), UnlearnDiffAtk
-optimises a one-hot over T5's vocabulary. The pooled CLIP embedding the transformer also reads
-(``pooled_projections``) is that of the plain prompt, held fixed: CLIP's vocabulary is not T5's, so a T5 prefix has
-no CLIP counterpart to differentiate through (the adversarial prompt's own pooled embedding is used when its images
-are generated). The loss is flow matching as Flux is trained (:meth:`FluxFamily.denoising_loss`).
+**The attacks.** The embedding attacks attack both inputs: the inversion derives the pooled embedding beside the
+token one, continuous Ring-A-Bell moves it along the pooled concept vector (:mod:`rece_lightning.attacks`). The
+token attacks' tokens are T5 tokens (the text the transformer reads through ``context_embedder``): discrete
+Ring-A-Bell searches T5 ids (no start token, ``</s>``, padding to ``max_sequence_length``), UnlearnDiffAtk optimises a
+one-hot over T5's vocabulary. During their search the pooled CLIP embedding (``pooled_projections``) is that of the
+plain prompt, held fixed: CLIP's vocabulary is not T5's, so a T5 prefix has no CLIP counterpart to differentiate
+through; the adversarial prompt's own pooled embedding is used when its images are generated. The loss is flow matching as Flux is trained (:meth:`FluxFamily.denoising_loss`).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from rece_lightning.errors import RECEError
-from rece_lightning.family import ContextEmbedderFamily
+from rece_lightning.family import POOLED_SPACE, ContextEmbedderFamily
 from rece_lightning.text import EncodedText, TextEncoder
 
 MAX_SEQUENCE_LENGTH = 512  # FluxPipeline's default (FLUX.1-dev); FLUX.1-schnell uses 256
@@ -69,7 +73,9 @@ class FluxTextEncoder(TextEncoder):
             pooled = out.pooler_output.detach().to("cpu", torch.float64)
         lengths = tokens.attention_mask.sum(dim=1).tolist()
         return [EncodedText(text=text, embedding=hidden[i], length=int(lengths[i]),
-                            pooled=None if pooled is None else pooled[i]) for i, text in enumerate(todo)]
+                            pooled=None if pooled is None else pooled[i],
+                            spaces={} if pooled is None else {POOLED_SPACE: EncodedText.single_row(text, pooled[i])})
+                for i, text in enumerate(todo)]
 
     # vocabulary, decode and encode_token_ids: the base class's, on T5 (no start token, ``</s>``, ``<pad>``)
 
@@ -101,8 +107,11 @@ class FluxFamily(ContextEmbedderFamily):
         return cls.has_transformer_and_second_encoder(pipeline) and not cls.has_third_encoder_slot(pipeline)
 
     def make_text_encoder(self) -> TextEncoder:
-        """T5 (and the pooled CLIP encoder), after checking that ``context_embedder`` reads T5's width."""
+        """T5 and the pooled CLIP encoder, after checking that ``context_embedder`` reads T5's width."""
         pipe = self.pipeline
+        if getattr(pipe, "text_encoder", None) is None:
+            raise RECEError("this Flux pipeline has no text_encoder (CLIP), whose pooled embedding the transformer's "
+                            "time_text_embed.text_embedder.linear_1 reads and the edit maps; load it with the pipeline")
         width = self.denoiser.config.joint_attention_dim
         hidden = int(pipe.text_encoder_2.config.d_model)
         if width != hidden:

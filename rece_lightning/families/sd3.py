@@ -7,7 +7,9 @@ width (4096) and appends, along the sequence, the T5 encoder's last hidden state
 ``max_sequence_length`` tokens (256 by default): ``prompt_embeds`` is ``(77 + 256, 4096)``. Without ``text_encoder_3``
 (T5 dropped to save memory) the T5 rows are zeros of the transformer's ``joint_attention_dim``, as the pipeline makes
 them. The pooled embedding is both CLIP encoders' projected outputs (``text_embeds``) concatenated (768 + 1280 =
-2048), read by ``time_text_embed``, not by the layer edited here.
+2048), read only by ``time_text_embed.text_embedder.linear_1`` (2048 → 1536), which is edited in its own input space
+as Flux's (:mod:`rece_lightning.spaces`; no official UCE script exists for SD3: the per-layer formula is
+``uce_flux_edit.py``'s).
 
 Every joint transformer block reads the token embeddings only through ``context_embedder(prompt_embeds)`` (a Linear
 4096 → 1536 for SD3-medium, with a bias), so that layer is what UCE / RECE edit, as for Flux
@@ -40,7 +42,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from rece_lightning.errors import RECEError
-from rece_lightning.family import ContextEmbedderFamily
+from rece_lightning.family import POOLED_SPACE, ContextEmbedderFamily
 from rece_lightning.text import EncodedText, TextEncoder
 
 MAX_SEQUENCE_LENGTH = 256  # StableDiffusion3Pipeline's default
@@ -100,7 +102,8 @@ class SD3TextEncoder(TextEncoder):
         embedding = torch.cat([joint, t5], dim=-2)
         pooled_all = torch.cat(pooled, dim=-1)
         assert lengths is not None
-        return [EncodedText(text=text, embedding=embedding[i], length=int(lengths[i]), pooled=pooled_all[i])
+        return [EncodedText(text=text, embedding=embedding[i], length=int(lengths[i]), pooled=pooled_all[i],
+                            spaces={POOLED_SPACE: EncodedText.single_row(text, pooled_all[i])})
                 for i, text in enumerate(todo)]
 
     # ------------------------------------------------------------------ token level: not available for SD3
@@ -129,8 +132,10 @@ class StableDiffusion3Family(ContextEmbedderFamily):
     @classmethod
     def matches(cls, pipeline: Any) -> bool:
         """A transformer, two CLIP encoders and a T5 slot: an SD3 pipeline has the attribute ``text_encoder_3``
-        (``None`` when loaded without T5), which Flux pipelines (T5 as ``text_encoder_2``) lack."""
-        return cls.has_transformer_and_second_encoder(pipeline) and cls.has_third_encoder_slot(pipeline)
+        (``None`` when loaded without T5), which Flux pipelines (T5 as ``text_encoder_2``) lack; no Llama encoder
+        (``text_encoder_4``: HiDream)."""
+        return (cls.has_transformer_and_second_encoder(pipeline) and cls.has_third_encoder_slot(pipeline)
+                and getattr(pipeline, "text_encoder_4", None) is None)
 
     def make_text_encoder(self) -> TextEncoder:
         """Both CLIP encoders and T5, after checking that ``context_embedder`` reads T5's width."""

@@ -1,12 +1,13 @@
 """Randomly initialised pipelines of every supported family, for tests and benchmarks (no weights are downloaded).
 
-    python -m rece_lightning.random_pipeline --family {sd14,sd2,sdxl,flux,sd3} --size {tiny,full} OUT
+    python -m rece_lightning.random_pipeline --family {sd14,sd2,sdxl,flux,sd3,hidream} --size {tiny,full} OUT
 
 writes a diffusers folder that ``DiffusionPipeline.from_pretrained(OUT)`` loads. ``tiny`` follows diffusers' own
 pipeline tests (``tests/pipelines/*``: ``block_out_channels=(4, 8)``, text width 32; a few MB, most of it the real
 CLIP vocabulary's embedding table); ``full`` has the real layer shapes of Stable Diffusion 1.4, 2.1, SDXL base 1.0,
-FLUX.1-dev and SD3-medium (``attn2`` width 768 / 1024 / 2048, ``context_embedder`` 4096 → 3072 / 1536), for
-benchmarks. One module per family holds its builder (:mod:`.sd`, :mod:`.sdxl`, :mod:`.flux`, :mod:`.sd3`); what they
+FLUX.1-dev, SD3-medium and HiDream-I1 (``attn2`` width 768 / 1024 / 2048, ``context_embedder`` 4096 → 3072 / 1536,
+``caption_projection`` 4096 → 2560), for benchmarks. One module per family holds its builder (:mod:`.sd`, :mod:`.sdxl`,
+:mod:`.flux`, :mod:`.sd3`, :mod:`.hidream`); what they
 share is in :mod:`.common`; a new family is one module and one entry of :data:`BUILDERS`.
 
 Tokenizers: the real CLIP BPE vocabulary (``--clip-tokenizer``, default ``$RECE_CLIP_TOKENIZER``, else
@@ -27,6 +28,7 @@ import torch
 from rece_lightning.errors import RECEError
 from rece_lightning.random_pipeline.common import default_clip_tokenizer, tiny_t5_tokenizer
 from rece_lightning.random_pipeline.flux import build_flux
+from rece_lightning.random_pipeline.hidream import build_hidream
 from rece_lightning.random_pipeline.sd import Size, build_random_pipeline, build_sd2, build_sd14
 from rece_lightning.random_pipeline.sd3 import build_sd3
 from rece_lightning.random_pipeline.sdxl import build_sdxl
@@ -40,6 +42,7 @@ BUILDERS: dict[str, Callable[..., Any]] = {
     "sdxl": build_sdxl,
     "flux": build_flux,
     "sd3": build_sd3,
+    "hidream": build_hidream,
 }
 """``family name -> builder(tokenizer_path, size, seed, dtype)``: every random pipeline this module makes."""
 
