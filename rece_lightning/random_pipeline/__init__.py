@@ -26,10 +26,12 @@ from typing import Any
 import torch
 
 from rece_lightning.errors import RECEError
-from rece_lightning.random_pipeline.common import default_clip_tokenizer, tiny_t5_tokenizer
+from rece_lightning.random_pipeline.common import Size, default_clip_tokenizer, tiny_t5_tokenizer
 from rece_lightning.random_pipeline.flux import build_flux
 from rece_lightning.random_pipeline.hidream import build_hidream
-from rece_lightning.random_pipeline.sd import Size, build_random_pipeline, build_sd2, build_sd14
+from rece_lightning.random_pipeline.pixart import build_pixart_sigma
+from rece_lightning.random_pipeline.sana import build_sana
+from rece_lightning.random_pipeline.sd import build_random_pipeline, build_sd2, build_sd14
 from rece_lightning.random_pipeline.sd3 import build_sd3
 from rece_lightning.random_pipeline.sdxl import build_sdxl
 
@@ -43,6 +45,8 @@ BUILDERS: dict[str, Callable[..., Any]] = {
     "flux": build_flux,
     "sd3": build_sd3,
     "hidream": build_hidream,
+    "pixart-sigma": build_pixart_sigma,
+    "sana": build_sana,
 }
 """``family name -> builder(tokenizer_path, size, seed, dtype)``: every random pipeline this module makes."""
 
