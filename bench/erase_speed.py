@@ -145,7 +145,7 @@ def fit_process(model: Path) -> None:
 
 
 FAMILY_NAMES = ("sd14", "sd2", "sdxl", "flux", "sd3", "hidream", "pixart-sigma", "sana")
-TABLE_FAMILIES = ("sdxl", "flux", "sd3", "hidream", "pixart-sigma", "sana")
+TABLE_FAMILIES = ("sdxl", "pixart-sigma", "sana", "sd3", "flux", "hidream")
 BIG_ENCODER = 1_000_000_000  # text encoders above this many parameters are the ones --text-layers shortens
 
 
@@ -207,13 +207,13 @@ def text_model(family: str, text_layers: int | None, dtype: torch.dtype) -> Path
     return folder
 
 
-def gemm_gflops(dtype: torch.dtype) -> float:
-    """Throughput of one 64 × 4096 × 4096 matrix product in ``dtype`` on this CPU."""
-    a, b = torch.randn(64, 4096).to(dtype), torch.randn(4096, 4096).to(dtype)
+def gemm_gflops(dtype: torch.dtype, n: int = 1024) -> float:
+    """Throughput of one 64 × n × n matrix product in ``dtype`` on this CPU (after one warm-up product)."""
+    a, b = torch.randn(64, n).to(dtype), torch.randn(n, n).to(dtype)
     a @ b
     start = time.perf_counter()
     a @ b
-    return 2 * 64 * 4096 * 4096 / (time.perf_counter() - start) / 1e9
+    return 2 * 64 * n * n / (time.perf_counter() - start) / 1e9
 
 
 def table(families: list[str], text_layers: int | None, memory_dtype: str) -> None:
@@ -223,10 +223,14 @@ def table(families: list[str], text_layers: int | None, memory_dtype: str) -> No
     dtype = getattr(torch, memory_dtype)
     print(f"matrix product on this CPU ({torch.get_num_threads()} threads): " + ", ".join(
         f"{d} {gemm_gflops(getattr(torch, d)):.2f} GFLOPS" for d in ("float32", "bfloat16", "float16")), flush=True)
-    rows = []
+    head = ("family", "edited layers", "width", "text side at full size", "text layers run", "process wall s",
+            "load / erase / export s", "peak RSS GB")
+    print(f"\nerase only, {memory_dtype}, one process per family (rows print as they finish):\n")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join(" --- " for _ in head) + "|", flush=True)
     for family in families:
         if family not in BUILDERS:
-            rows.append((family, "no random builder on this branch", "", "", "", "", "", ""))
+            print(f"| {family} | no random builder on this branch |" + " |" * (len(head) - 2), flush=True)
             continue
         params = text_side_params(family)
         model = text_model(family, text_layers, dtype)
@@ -237,17 +241,10 @@ def table(families: list[str], text_layers: int | None, memory_dtype: str) -> No
             wall = time.perf_counter() - start
         result = json.loads(next(line[7:] for line in run.stdout.splitlines() if line.startswith("RESULT ")))
         assert not result["denoiser"], "erasing must not load the denoiser"
-        rows.append((family, result["layers"], str(result["width"]), f"{params / 1e9:.2f} B ({params * 2 / 1e9:.1f} GB "
-                     "in bf16)", "all" if text_layers is None else f"first {text_layers} of encoders > 1 B", f"{wall:.1f}",
-                     f"{result['load']:.1f} / {result['erase']:.1f} / {result['export']:.1f}", f"{result['rss']:.2f}"))
-        print(f"{family}: done", flush=True)
-    head = ("family", "edited layers", "width", "text side at full size", "text layers run", "process wall s",
-            "load / erase / export s", "peak RSS GB")
-    print(f"\nerase only, {memory_dtype}, one process per family:\n")
-    print("| " + " | ".join(head) + " |")
-    print("|" + "|".join(" --- " for _ in head) + "|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+        row = (family, result["layers"], str(result["width"]), f"{params / 1e9:.2f} B ({params * 2 / 1e9:.1f} GB in bf16)",
+               "all" if text_layers is None else f"first {text_layers} of encoders > 1 B", f"{wall:.1f}",
+               f"{result['load']:.1f} / {result['erase']:.1f} / {result['export']:.1f}", f"{result['rss']:.2f}")
+        print("| " + " | ".join(row) + " |", flush=True)
 
 
 def main() -> None:

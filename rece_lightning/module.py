@@ -92,9 +92,9 @@ class RECEModule(L.LightningModule):
             Both recipes' stage lists come from :func:`~rece_lightning.recipe.stage_names` (the ``rece`` command sets
             ``trainer.max_epochs`` from it).
         robust: settings of the robust recipe (:class:`~rece_lightning.robust.RobustConfig`).
-        max_sequence_length: Flux and SD3 only: T5 tokens per text (``None`` = the pipeline's default: 512 for
-            ``FluxPipeline``, 256 for FLUX.1-schnell; 256 for ``StableDiffusion3Pipeline``), used for erasing and
-            generating alike.
+        max_sequence_length: Flux, SD3, PixArt-Σ and SANA only: tokens per text (``None`` = the pipeline's
+            default: 512 for ``FluxPipeline``, 256 for FLUX.1-schnell; 256 for ``StableDiffusion3Pipeline``; 300 for
+            ``PixArtSigmaPipeline`` and ``SanaPipeline``), used for erasing and generating alike.
 
     The model is loaded by family (:mod:`rece_lightning.family`): at first only the text encoders and the
     denoiser's text-reading layers (:func:`~rece_lightning.pipeline.load_family`); the denoiser and the VAE are
