@@ -223,8 +223,8 @@ def table(families: list[str], text_layers: int | None, memory_dtype: str) -> No
     dtype = getattr(torch, memory_dtype)
     print(f"matrix product on this CPU ({torch.get_num_threads()} threads): " + ", ".join(
         f"{d} {gemm_gflops(getattr(torch, d)):.2f} GFLOPS" for d in ("float32", "bfloat16", "float16")), flush=True)
-    head = ("family", "edited layers", "width", "text side at full size", "text layers run", "process wall s",
-            "load / erase / export s", "peak RSS GB")
+    head = ("family", "edited layers (count × first shape)", "width", "text side at full size", "text layers run",
+            "process wall s", "load / erase / export s", "peak RSS GB")
     print(f"\nerase only, {memory_dtype}, one process per family (rows print as they finish):\n")
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join(" --- " for _ in head) + "|", flush=True)
