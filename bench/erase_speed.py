@@ -170,6 +170,8 @@ def patched_init(text_layers: int | None = None, materialise: bool = True):
                     if isinstance(child, torch.nn.ModuleList) and len(child) == total:
                         setattr(parent, name, child[:text_layers])
             setattr(config, key, text_layers)
+            if getattr(config, "layer_types", None) is not None:  # Gemma-2: one attention type per layer
+                config.layer_types = config.layer_types[:text_layers]
         return original(module, seed, dtype) if materialise else module
 
     common.fast_random_init = init
