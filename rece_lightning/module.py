@@ -257,6 +257,8 @@ class RECEModule(L.LightningModule):
         if max_epochs is not None and 0 <= max_epochs < len(self.stages):
             rank_zero_warn(f"trainer.max_epochs={max_epochs} runs only {self.stages[:max_epochs]} of the recipe's "
                            f"stages {self.stages}; leave max_epochs unset (rece sets it from the stage list)")
+        if self.robust is not None:  # the robust recipe's `auto` settings, found on the original model
+            self.robust.prepare(self)
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         index = self.current_epoch
@@ -276,7 +278,10 @@ class RECEModule(L.LightningModule):
         stop = False
         if self.selection is not None:
             before = self.selection.kept
-            stop = self.selection.update(self.stage, self.trainer.callback_metrics, candidate=self.stage != ORIGINAL)
+            metrics = self.trainer.callback_metrics
+            if self.robust is not None:  # the robust recipe's selection split (robust.selection_split)
+                metrics = self.robust.selection_metrics(self, metrics, self.selection)
+            stop = self.selection.update(self.stage, metrics, candidate=self.stage != ORIGINAL)
             if self.selection.kept != before:
                 self._best = (float(self.selection.score), self.stage, self.editor.snapshot())  # type: ignore[arg-type]
             if stop and self.trainer.is_global_zero:

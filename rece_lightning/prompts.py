@@ -22,12 +22,15 @@ GUIDANCE_COLUMNS = ("evaluation_guidance", "sd_guidance_scale")
 
 
 def resolve_prompts(path: str | Path) -> Path:
-    """A prompt CSV path; ``testbed:<concept>`` names a prompt set shipped with the testbed (e.g. ``testbed:triangle``)."""
+    """A prompt CSV path; ``testbed:<name>`` names a testbed prompt set: any shape, colour or pattern of the world
+    (``testbed:triangle``, ``testbed:star``; shipped or generated, :func:`rece_lightning.testbed.prompts.prompt_csv`)
+    or another file shipped with the testbed (``testbed:triangle-ring-a-bell``)."""
     text = str(path)
     if text.startswith("testbed:"):
-        from rece_lightning.testbed import PROMPTS_DIR
+        from rece_lightning.testbed.prompts import PROMPTS_DIR, TESTBED_CONCEPTS, prompt_csv
 
-        return Path(PROMPTS_DIR) / f"{text.removeprefix('testbed:')}.csv"
+        name = text.removeprefix("testbed:")
+        return Path(prompt_csv(name)) if name in TESTBED_CONCEPTS else Path(PROMPTS_DIR) / f"{name}.csv"
     return Path(path)
 
 

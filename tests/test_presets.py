@@ -37,7 +37,7 @@ def test_preset_parses(preset, monkeypatch):
 def test_robust_presets_name_existing_judged_prompts():
     for preset in PRESETS:
         robust = (yaml.safe_load(preset.read_text()).get("model") or {}).get("robust") or {}
-        if robust.get("judged_prompts"):
+        if robust.get("judged_prompts") not in (None, "auto"):
             assert (REPO / robust["judged_prompts"]).is_file(), f"{preset.name}: {robust['judged_prompts']} is missing"
 
 

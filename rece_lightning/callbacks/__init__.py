@@ -2,6 +2,7 @@
 
 from rece_lightning.callbacks.attack_report import AttackReport
 from rece_lightning.callbacks.classifier import ClassifierAccuracy
+from rece_lightning.callbacks.clip_judge import CLIPZeroShotJudge
 from rece_lightning.callbacks.clip_score import CLIPScoreMetric
 from rece_lightning.callbacks.export import ExportEdit
 from rece_lightning.callbacks.fid import FrechetDistance
@@ -15,6 +16,7 @@ from rece_lightning.callbacks.tradeoff import TradeoffLayout
 __all__ = [
     "AttackReport",
     "CLIPScoreMetric",
+    "CLIPZeroShotJudge",
     "ClassifierAccuracy",
     "ExportEdit",
     "FrechetDistance",

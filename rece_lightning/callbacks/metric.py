@@ -212,6 +212,7 @@ class ImageMetric(L.Callback, ABC):
         stage = str(self._stage or getattr(pl_module, "stage", "model"))
         if not test:
             self.on_records(trainer, records, stage)
+            self.last_records, self.last_stage = records, stage  # read by the robust recipe's selection split
         document = self.result(records, stage, self._run_info(trainer))
         if test:
             summary = {f"test/{k}": float(v) for k, v in self.attack_summary(records).items()}
