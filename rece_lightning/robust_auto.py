@@ -29,7 +29,6 @@ setting of the search, so a second run on the same model skips the search and a 
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import json
 import os
@@ -260,11 +259,11 @@ def cache_root() -> Path:
 
 
 def cache_key(original: Mapping[str, torch.Tensor], about: Mapping[str, Any]) -> str:
-    """SHA-256 of the model's original K/V weights and the JSON of everything else the search depends on."""
-    from rece_lightning.integrity import tensor_sha256
+    """SHA-256 of the model's original K/V weights bound to the JSON of everything else the search depends on
+    (:func:`rece_lightning.files.tensor_sha256`), first 16 hex digits."""
+    from rece_lightning.files import tensor_sha256
 
-    document = json.dumps({"kv_sha256": tensor_sha256(original), **about}, sort_keys=True, default=str)
-    return hashlib.sha256(document.encode()).hexdigest()[:16]
+    return tensor_sha256(original, header=json.dumps(dict(about), sort_keys=True, default=str))[:16]
 
 
 def read_cache(key: str) -> dict[str, Any] | None:
