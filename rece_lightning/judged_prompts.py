@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rece_lightning.files import atomic_path, read_csv
-from rece_lightning.robust_auto import SEED_OFFSET, judged_counts, world_neighbours
+from rece_lightning.files import atomic_path
+from rece_lightning.robust_auto import SEED_OFFSET, judged_counts, read_captions, world_neighbours
 
 __all__ = ["COLUMNS", "SEED_OFFSET", "JudgedPrompt", "implicit_captions", "judge_implicit_captions", "main",
-           "read_captions", "write_judged_prompts"]
+           "write_judged_prompts"]
 
 COLUMNS = ("prompt", "shows_concept", "votes", "seeds", "anchor")
 """The columns of a judged-prompt CSV (``prompt`` and ``shows_concept`` are required by the reader)."""
@@ -53,17 +53,7 @@ class JudgedPrompt:
 
 def implicit_captions(n: int, seed: int) -> list[str]:
     """``n`` draws of the testbed grammar's implicit captions (all non-held-out cues, uniformly), deduplicated."""
-    import numpy as np
-
-    from rece_lightning.testbed.captions import IMPLICIT_CUES, implicit_caption, scene_for_cue
-
-    rng = np.random.default_rng(seed)
-    cues = [c for c in IMPLICIT_CUES if not c.heldout]
-    out = []
-    for _ in range(n):
-        cue = cues[int(rng.integers(len(cues)))]
-        out.append(implicit_caption(cue, scene_for_cue(cue, rng), rng, name_background=rng.random() < 0.5))
-    return list(dict.fromkeys(out))
+    return read_captions("testbed", n, seed)
 
 
 def judge_implicit_captions(generate: Generate, concept: str, *, samples: int = 200, seeds: int = 4, keep: int = 3,
@@ -114,21 +104,13 @@ def judge_implicit_captions(generate: Generate, concept: str, *, samples: int = 
     return rows
 
 
-def read_captions(source: str, n: int, sample_seed: int = 7) -> list[str]:
-    """Captions to judge: ``testbed`` (:func:`implicit_captions`) or the first ``n`` distinct prompts of a CSV with
-    a ``prompt`` column (``robust.auto.captions``)."""
-    if source == "testbed":
-        return implicit_captions(n, sample_seed)
-    _, rows = read_csv(source, "robust.auto.captions")
-    return list(dict.fromkeys(r["prompt"] for r in rows if r.get("prompt")))[:n]
-
-
-def write_judged_prompts(path: str | Path, rows: Sequence[JudgedPrompt]) -> Path:
+def write_judged_prompts(path: str | Path, rows: Sequence[JudgedPrompt | dict]) -> Path:
     """Write ``rows`` as a judged-prompt CSV (:data:`COLUMNS`), atomically; returns the path."""
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
+        rows = [r if isinstance(r, JudgedPrompt) else JudgedPrompt(**r) for r in rows]
         writer.writerows((r.prompt, int(r.shows_concept), r.votes, r.seeds, r.anchor) for r in rows)
     return path
 

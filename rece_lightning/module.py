@@ -168,6 +168,7 @@ class RECEModule(L.LightningModule):
         self._register_components()
         self.stages: list[str] = ([ORIGINAL] if validate_original else []) + self.recipe.stages
         self.selection: Selection | None = Selection(rule) if rule is not None else None  # chooses the kept stage
+        self._split: Any = None  # the robust recipe's selection split (robust.selection_split)
         self._best: Best | None = None  # the kept stage's score, name and edit state
 
     # ------------------------------------------------------------------------------------ the model family
@@ -257,8 +258,18 @@ class RECEModule(L.LightningModule):
         if max_epochs is not None and 0 <= max_epochs < len(self.stages):
             rank_zero_warn(f"trainer.max_epochs={max_epochs} runs only {self.stages[:max_epochs]} of the recipe's "
                            f"stages {self.stages}; leave max_epochs unset (rece sets it from the stage list)")
-        if self.robust is not None:  # the robust recipe's `auto` settings, found on the original model
-            self.robust.prepare(self)
+        if self.robust is not None and not self.robust.built:  # its `auto` settings, found on the original model
+            from rece_lightning.callbacks.run import run_dir
+            from rece_lightning.judged_prompts import judge_implicit_captions, write_judged_prompts
+
+            found = metric_judges(self.trainer.callbacks)
+            judge = found[0] if found else None
+            if judge is not None:
+                judge.prepare(self)
+                judge.device = self.device
+            about = {"pretrained": str(self.hparams.pretrained), "family": type(self.family).__name__}
+            self.robust.prepare(self.generate, judge, run_dir(self.trainer) / "robust", about,
+                                judge_implicit_captions, write_judged_prompts)
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         index = self.current_epoch
@@ -279,8 +290,12 @@ class RECEModule(L.LightningModule):
         if self.selection is not None:
             before = self.selection.kept
             metrics = self.trainer.callback_metrics
-            if self.robust is not None:  # the robust recipe's selection split (robust.selection_split)
-                metrics = self.robust.selection_metrics(self, metrics, self.selection)
+            if self.robust is not None and self.robust.config.selection_split:  # the robust selection split
+                from rece_lightning.robust_selection import SelectionSplit
+
+                if self._split is None:
+                    self._split = SelectionSplit(self.robust.config.stop_margin_images)
+                metrics = {**metrics, **self._split.update(self, self.selection)}
             stop = self.selection.update(self.stage, metrics, candidate=self.stage != ORIGINAL)
             if self.selection.kept != before:
                 self._best = (float(self.selection.score), self.stage, self.editor.snapshot())  # type: ignore[arg-type]

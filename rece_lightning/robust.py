@@ -274,7 +274,6 @@ class RobustRecipe:
         self.concepts, self.anchors = list(concepts), list(anchors)
         self.expanded: list[str] = []
         self.found: dict[str, Any] = {}  # what the run found for the ``auto`` settings (robust_auto)
-        self.selection: Any = None  # the stopping rule's SelectionSplit (robust.selection_split)
         others = world_neighbours(self.concepts)
         self.neighbours = ([*others, *world_phrasings(others)] if config.neighbours == AUTO
                            else list(config.neighbours))
@@ -400,24 +399,21 @@ class RobustRecipe:
             self.iteration()
 
     # ------------------------------------------------------------------------------ inside the run (rece fit)
-    def prepare(self, module) -> None:
+    def prepare(self, generate, judge, folder: str | Path, about: Mapping[str, Any], judge_captions,
+                write_judged) -> None:
         """Before the first stage of a fit (``RECEModule.on_fit_start``, the model still original): find the
-        ``auto`` settings with the run's judge (:mod:`rece_lightning.robust_auto`), then build the caption sets."""
+        ``auto`` settings with the run's ``judge`` (:mod:`rece_lightning.robust_auto`), then build the caption sets.
+        ``judge_captions``/``write_judged`` are :func:`rece_lightning.judged_prompts.judge_implicit_captions` and
+        :func:`~rece_lightning.judged_prompts.write_judged_prompts` (passed in: this module imports no callback)."""
         if self.built:
             return
-        from rece_lightning.callbacks.run import run_dir
-        from rece_lightning.robust_auto import find_judge
-
-        judge = find_judge(module.trainer.callbacks)
         if judge is None:
             self.build()  # raises: naming the setting and the missing judge
-        judge.prepare(module)
-        judge.device = module.device
-        about = {"pretrained": str(module.hparams.pretrained), "family": type(module.family).__name__}
-        self.resolve_auto(module.generate, judge, run_dir(module.trainer) / "robust", about)
+        self.resolve_auto(generate, judge, folder, about, judge_captions, write_judged)
         self.build()
 
-    def resolve_auto(self, generate, judge, folder: str | Path, about: Mapping[str, Any]) -> dict[str, Any]:
+    def resolve_auto(self, generate, judge, folder: str | Path, about: Mapping[str, Any], judge_captions,
+                     write_judged) -> dict[str, Any]:
         """Find the ``auto`` settings (cached by model hash), write them into ``folder`` and set them in the
         config: ``concept_texts`` = the synonyms and the words found, ``judged_prompts`` = the written CSV."""
         from rece_lightning import robust_auto as auto
@@ -436,11 +432,9 @@ class RobustRecipe:
                 found["expansion"] = auto.expand_concept(generate, judge.judge, self.editor, self.text, concept,
                                                          self.neighbours, settings, self.synonyms())
             if "judged_prompts" in searched:
-                from rece_lightning.judged_prompts import judge_implicit_captions, read_captions
-
-                judged = judge_implicit_captions(generate, concept, seeds=settings.seeds, keep=settings.keep,
-                                                 anchors=settings.describe, batch=settings.batch, judge=judge,
-                                                 captions=read_captions(settings.captions, settings.samples))
+                judged = judge_captions(generate, concept, seeds=settings.seeds, keep=settings.keep,
+                                        anchors=settings.describe, batch=settings.batch, judge=judge,
+                                        captions=auto.read_captions(settings.captions, settings.samples))
                 found["judged"] = [asdict(r) for r in judged]
             if settings.cache:
                 auto.write_json(found, auto.cache_root() / "robust" / f"{key}.json")
@@ -448,10 +442,7 @@ class RobustRecipe:
         if "expansion" in found:
             cfg.concept_texts = [*self.synonyms(), *found["expansion"]["found"]]
         if "judged" in found:
-            from rece_lightning.judged_prompts import JudgedPrompt, write_judged_prompts
-
-            rows = [JudgedPrompt(**r) for r in found["judged"]]
-            cfg.judged_prompts = str(write_judged_prompts(folder / "judged_prompts.csv", rows))
+            cfg.judged_prompts = str(write_judged(folder / "judged_prompts.csv", found["judged"]))
         auto.write_json({"key": key, "source": source, "concept": concept, "neighbours": self.neighbours,
                          "context_anchor": self.context_anchor, "concept_texts": cfg.concept_texts,
                          "judged_prompts": cfg.judged_prompts, **found}, folder / "auto.json")
@@ -467,18 +458,6 @@ class RobustRecipe:
         testbed grammar's (:func:`world_phrasings`)."""
         given = self.config.auto.synonyms
         return list(given) if given is not None else world_phrasings(self.concepts)
-
-    def selection_metrics(self, module, metrics: Mapping[str, Any], selection) -> Mapping[str, Any]:
-        """With ``selection_split``: the stage's ``select/…`` and ``report/…`` summaries
-        (:class:`~rece_lightning.robust_selection.SelectionSplit`) beside the logged ``metrics``, and the selection
-        rule's margins set to one image (``stop_margin_images``) of the selection half; else ``metrics``."""
-        if not self.config.selection_split:
-            return metrics
-        if self.selection is None:
-            from rece_lightning.robust_selection import SelectionSplit
-
-            self.selection = SelectionSplit(self.config.stop_margin_images)
-        return {**metrics, **self.selection.update(module, selection)}
 
     def iteration(self) -> None:
         """One robust iteration: expand, derive from every source and γ, erase all, preserving the neighbours."""

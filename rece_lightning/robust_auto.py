@@ -107,14 +107,6 @@ class AutoSettings:
 
 
 # ------------------------------------------------------------------------------------------------ the judge
-def find_judge(callbacks: Sequence[Any]) -> Any | None:
-    """The first metric callback that can judge images (overrides ``ImageMetric.success``), or ``None``."""
-    from rece_lightning.callbacks.metric import ImageMetric
-
-    judges = [cb for cb in callbacks if isinstance(cb, ImageMetric) and type(cb).success is not ImageMetric.success]
-    return judges[0] if judges else None
-
-
 def judged_counts(generate: Generate, judge: Judge, concept: str, prompts: Sequence[str], seeds: int,
                   batch: int = 64, predict: Callable[[list[Any]], list[dict]] | None = None,
                   ) -> tuple[list[int], list[list[dict]]]:
@@ -252,6 +244,28 @@ def expand_concept(generate: Generate, judge: Judge, editor, text, concept: str,
 
 
 # ------------------------------------------------------------------------------------------ judged captions
+def read_captions(source: str, n: int, sample_seed: int = 7) -> list[str]:
+    """Captions to judge (``robust.auto.captions``): ``testbed`` (the world's implicit training captions, as
+    :func:`rece_lightning.judged_prompts.implicit_captions`) or the first ``n`` distinct prompts of a CSV with a
+    ``prompt`` column."""
+    if source == "testbed":
+        import numpy as np
+
+        from rece_lightning.testbed.captions import IMPLICIT_CUES, implicit_caption, scene_for_cue
+
+        rng = np.random.default_rng(sample_seed)
+        cues = [c for c in IMPLICIT_CUES if not c.heldout]
+        out = []
+        for _ in range(n):
+            cue = cues[int(rng.integers(len(cues)))]
+            out.append(implicit_caption(cue, scene_for_cue(cue, rng), rng, name_background=rng.random() < 0.5))
+        return list(dict.fromkeys(out))
+    from rece_lightning.files import read_csv
+
+    _, rows = read_csv(source, "robust.auto.captions")
+    return list(dict.fromkeys(r["prompt"] for r in rows if r.get("prompt")))[:n]
+
+
 # --------------------------------------------------------------------------------------------------- cache
 def cache_root() -> Path:
     """``$RECE_CACHE_DIR`` (default ``~/.cache/rece-lightning``)."""

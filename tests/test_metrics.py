@@ -229,7 +229,7 @@ def test_clip_zero_shot_judge_picks_the_closer_label(tiny_clip):
     from transformers import CLIPModel, CLIPProcessor
 
     from rece_lightning.callbacks.clip_judge import CLIPZeroShotJudge
-    from rece_lightning.robust_auto import find_judge
+    from rece_lightning.callbacks.metric import judges
 
     judge = CLIPZeroShotJudge(concept="church", anchor="building", model_name_or_path=str(tiny_clip), batch_size=2)
     images = _images(6, size=40)
@@ -248,7 +248,7 @@ def test_clip_zero_shot_judge_picks_the_closer_label(tiny_clip):
     assert judge.summarize(records) == pytest.approx({"concept_rate": sum(targets) / 4,
                                                       "preservation": sum(others) / 2})
     assert [judge.success(r) for r in records][3:5] == [None, None]
-    assert find_judge([CLIPScoreMetric(str(tiny_clip)), judge]) is judge  # a CLIP score cannot judge; this can
+    assert judges([CLIPScoreMetric(str(tiny_clip)), judge]) == [judge]  # a CLIP score cannot judge; this can
     with pytest.raises(RECEError, match="slot"):
         CLIPZeroShotJudge(concept="church", anchor="building", model_name_or_path=str(tiny_clip),
                           template="no slot")
