@@ -46,7 +46,9 @@ from rece_lightning.callbacks.hparams import HParamsSummary  # noqa: E402
 from rece_lightning.callbacks.report import StageReport  # noqa: E402
 from rece_lightning.checkpoint import verify_hash  # noqa: E402
 from rece_lightning.checks import (  # noqa: E402
+    check_base_model,
     check_checkpoint,
+    check_config_files,
     check_model_sources,
     latest_checkpoint,
     one_line,
@@ -54,9 +56,9 @@ from rece_lightning.checks import (  # noqa: E402
     shown_path,
 )
 from rece_lightning.cli_text import (  # noqa: E402
-    MAX_EPOCHS_MESSAGE,
+    DISK_FULL,
     SUBCOMMAND_HELP,
-    config_sets_max_epochs,
+    disk_full_message,
     main_help,
     own_options,
     print_results,
@@ -148,6 +150,7 @@ class RECECLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """Check every path the run will read or write before anything is loaded (one clear error, no output)."""
         subcommand, cfg = self.command, self.config
+        check_base_model(cfg.get("model.pretrained"))
         ckpt = cfg.get("ckpt_path")
         if ckpt and str(ckpt) not in CKPT_KEYWORDS:
             verify_hash(check_checkpoint(ckpt), f"--ckpt_path {ckpt}")
@@ -156,7 +159,9 @@ class RECECLI(LightningCLI):
         if self._resume_run is not None:
             check_writable_dir(self._resume_run, "the run folder of --ckpt_path")
         else:
-            check_writable_dir(cfg.get("trainer.default_root_dir") or os.getcwd(), "trainer.default_root_dir")
+            root = check_writable_dir(cfg.get("trainer.default_root_dir") or os.getcwd(), "trainer.default_root_dir")
+            if (root / "lightning_logs").exists():
+                check_writable_dir(root / "lightning_logs", "the run folders' parent")
         image_dir = cfg.get("model.generation.image_dir")
         if image_dir:
             check_writable_dir(image_dir, "model.generation.image_dir")
@@ -170,6 +175,7 @@ class RECECLI(LightningCLI):
             {kind: data.get(f"{kind}_prompts") for kind in ("val", "test", "predict")},
             data.get("limit"),
             data.get("kinds"),
+            data.get("batch_size"),
         )
         check_model_sources(cfg)  # Hub ids resolved (downloaded when online) before anything loads
 
@@ -354,9 +360,7 @@ def _main(args: list[str] | None) -> None:
     try:
         subcommand, rest = split_subcommand(parser_args)
         configure_threads()
-        config = config_sets_max_epochs(rest)
-        if config is not None:
-            raise RECEError(f"{config}: {MAX_EPOCHS_MESSAGE}")
+        check_config_files(rest)
         cli = RECECLI(
             subcommand,
             trainer_defaults=defaults,
@@ -374,9 +378,15 @@ def _main(args: list[str] | None) -> None:
     except MisconfigurationException as err:
         _fail(str(err), debug)
     except OSError as err:
+        if err.errno in DISK_FULL:
+            _fail(disk_full_message(err), debug)
         if err.filename is None:
             raise
         _fail(f"{err.filename}: {err.strerror or err}; check the path and its permissions", debug)
+    except RuntimeError as err:
+        if "PytorchStreamWriter failed writing" not in str(err):
+            raise
+        _fail(disk_full_message(err), debug)
     except (_Interrupted, KeyboardInterrupt):
         if isinstance(sys.exc_info()[1], KeyboardInterrupt):
             print("rece: interrupted", file=sys.stderr, flush=True)

@@ -143,6 +143,9 @@ class Recipe:
 
         self.family: ModelFamily = family_of(pipeline)
         self.text = self.family.text
+        for concept in self.concepts:
+            self.text.check(concept, "model.concepts:")
+            self.text.check_known(concept, "model.concepts:")
         for text in self.texts():
             self.text.check(text, "text")
         self.editor = SpacedEditor(self.family.text_layers(), with_to_k=with_to_k, technique=technique)
@@ -159,6 +162,13 @@ class Recipe:
         """Check the settings that need no model (before a slow pipeline load); returns concepts and anchors."""
         concepts, anchors = check_concepts(list(concepts), anchor)
         check_choice("technique", technique, ("replace", "tensor"))
+        erased = {c.strip().lower(): c for c in concepts}
+        preserved = [("uce.preserve", t) for t in uce.preserve] + [("rece.preserve", t) for t in rece.preserve or []]
+        clash = next(((name, t) for name, t in preserved if t.strip().lower() in erased), None)
+        if clash is not None:
+            name, text = clash
+            raise RECEError(f"model.{name} holds {text!r}, which model.concepts erases: preserving it would cancel the "
+                            f"erasure; remove it from model.{name}")
         targets = rece.derivation_target
         if targets is not None and len(targets) != len(concepts):
             raise RECEError(f"rece.derivation_target needs one text per concept ({len(concepts)}), got {len(targets)}")
