@@ -264,7 +264,8 @@ class RECECLI(LightningCLI):
             interrupted = isinstance(err, (SystemExit, KeyboardInterrupt)) and (
                 self.trainer.state.status == TrainerStatus.INTERRUPTED or isinstance(err, KeyboardInterrupt))
             if _first_process(self.trainer):
-                self._after_failure(subcommand, run, fresh, interrupted)
+                signal_word = "terminated" if isinstance(err, SIGTERMException) else "interrupted"
+                self._after_failure(subcommand, run, fresh, signal_word if interrupted else None)
             if interrupted:
                 raise _Interrupted(EXIT_TERMINATED if isinstance(err, SIGTERMException) else EXIT_INTERRUPTED) from None
             raise
@@ -297,8 +298,9 @@ class RECECLI(LightningCLI):
         folder = getattr(logger, "log_dir", None)
         return Path(folder).absolute() if folder else None
 
-    def _after_failure(self, subcommand: str, run: Path | None, fresh: list[Path], interrupted: bool) -> None:
-        """Remove what this call created when nothing in it can be reused; for fit, say how to resume."""
+    def _after_failure(self, subcommand: str, run: Path | None, fresh: list[Path], interrupted: str | None) -> None:
+        """Remove what this call created when nothing in it can be reused; for fit, say how to resume.
+        ``interrupted``: ``"interrupted"`` (Ctrl-C) or ``"terminated"`` (SIGTERM), ``None`` for an error."""
         checkpoints = run / "checkpoints" if run is not None else None
         latest = latest_checkpoint(checkpoints) if checkpoints is not None and checkpoints.is_dir() else None
         given = self.config.get("ckpt_path")
@@ -309,7 +311,7 @@ class RECECLI(LightningCLI):
             stages = list(getattr(self.model, "stages", []))
             done = stages[: epoch + 1] if stages else [f"epoch {i}" for i in range(epoch + 1)]
             total = len(stages) if stages else "?"
-            what = "interrupted" if interrupted else "stopped"
+            what = interrupted or "stopped"
             print(f"rece: {what} after {epoch + 1} of {total} stages ({', '.join(done)}), kept in "
                   f"{shown_path(checkpoints)}; to resume: {resume_command(self.argv, ckpt)}", file=sys.stderr,
                   flush=True)
@@ -323,7 +325,7 @@ class RECECLI(LightningCLI):
                 path.rmdir()
         if interrupted:
             what = "before any stage was saved; nothing to resume" if subcommand == "fit" else "; nothing was kept"
-            print(f"rece: interrupted {what}".replace(" ;", ";"), file=sys.stderr, flush=True)
+            print(f"rece: {interrupted} {what}".replace(" ;", ";"), file=sys.stderr, flush=True)
 
 
 def _first_process(trainer) -> bool:
