@@ -62,7 +62,7 @@ def config_paths(argv: list[str]) -> list[str]:
     return paths + [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
 
 
-def check_config_files(argv: list[str]) -> None:
+def check_config_files(argv: list[str], subcommand: str = "fit") -> None:
     """Every ``--config`` file of ``argv`` is a readable UTF-8 YAML mapping without repeated keys, whose sections
     (``model``, ``model.uce`` …, ``data``, ``trainer``) are mappings, and which does not set ``trainer.max_epochs``
     (rece fit sets it from the stages).
@@ -71,7 +71,7 @@ def check_config_files(argv: list[str]) -> None:
         RECEError: naming the file (and line) and the fix.
     """
     for path in config_paths(argv):
-        check_readable_file(path, "--config", "give a YAML file, e.g. configs/testbed.yaml")
+        check_readable_file(path, "--config", f"give a YAML file (see rece {subcommand} --help)")
         raw = Path(path).expanduser().read_bytes()
         try:
             text = raw.decode("utf-8-sig")

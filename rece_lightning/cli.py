@@ -431,7 +431,7 @@ def _main(args: list[str] | None) -> None:
     try:
         subcommand, rest = split_subcommand(parser_args)
         configure_threads()
-        check_config_files(rest)
+        check_config_files(rest, subcommand)
         cli = RECECLI(
             subcommand,
             trainer_defaults=defaults,

@@ -74,7 +74,11 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _file_hash(path: Any) -> str | None:
-    return file_sha256(Path(str(path)).expanduser()) if path else None
+    """SHA-256 of a file setting; ``None`` when unset or not a regular file (the setting's own check reports it)."""
+    if not path:
+        return None
+    file = Path(str(path)).expanduser()
+    return file_sha256(file) if file.is_file() else None
 
 
 def run_identity(config: Any) -> dict[str, Any]:
@@ -92,7 +96,7 @@ def run_identity(config: Any) -> dict[str, Any]:
         identity[f"{key}.sha256"] = _file_hash(value)
     prompts = data.get("val_prompts")
     paths = [] if prompts is None else [prompts] if isinstance(prompts, str) else list(prompts)
-    identity["data.val_prompts.sha256"] = [file_sha256(resolve_prompts(p)) for p in paths]
+    identity["data.val_prompts.sha256"] = [_file_hash(resolve_prompts(p)) for p in paths]
     identity["data.limit"], identity["data.kinds"] = data.get("limit"), data.get("kinds")
     return identity
 

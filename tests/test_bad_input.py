@@ -92,7 +92,7 @@ CASES: dict[str, tuple[Any, tuple[str, ...]]] = {
     "yaml-scalar-model": (lambda r, f: _fit(r, "--config", str(f["scalar_model.yaml"])), ("'model' is 5",)),
     "yaml-duplicate-key": (lambda r, f: _fit(r, "--config", str(f["duplicate.yaml"])),
                            ("line 3", "'concepts' is given twice")),
-    "yaml-empty": (lambda r, f: _fit(r, "--config", str(f["empty.yaml"])), ("empty.yaml is empty",)),
+    "yaml-empty": (lambda r, f: _fit(r, "--config", str(f["empty.yaml"])), ("empty.yaml is empty", "(see rece fit --help)")),
     "yaml-not-a-mapping": (lambda r, f: _fit(r, "--config", str(f["list.yaml"])), ("is a list, not a mapping",)),
     # recipe
     "iterations-too-many": (lambda r, f: _fit(r, "--model.rece.iterations", "1000000000"),
