@@ -39,8 +39,8 @@ Erase model.concepts: one closed-form stage per epoch, each followed by a valida
   rece-1 ... RECE iterations (model.rece.iterations): derive the embedding that still regenerates the concept, erase it
 The number of stages follows from model.rece.iterations (model.robust.iterations under model.recipe robust) and
 model.validate_original (trainer.max_epochs is set from them). Writes <trainer.default_root_dir>/lightning_logs/version_N: checkpoints/, eval/<stage>/, export/ and the
-TensorBoard logs. An interrupted run resumes in place: rece fit <same arguments> --ckpt_path
-<run>/checkpoints/<last stage>.ckpt (Ctrl-C prints this command).""",
+TensorBoard logs. An interrupted run resumes into a new version folder: rece fit <same arguments> --ckpt_path
+<run>/checkpoints/<last stage>.ckpt (Ctrl-C and SIGTERM print this command; another run's checkpoint is refused).""",
     ),
     "validate": (
         "evaluate: generate data.val_prompts and score them with the metric callbacks",
