@@ -15,7 +15,6 @@ checkpoint's record with the identity of the command line before any model is lo
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, is_dataclass
@@ -25,7 +24,7 @@ from typing import Any
 import lightning as L
 
 from rece_lightning.errors import RECEError
-from rece_lightning.files import file_sha256
+from rece_lightning.files import file_sha256, tensor_sha256
 from rece_lightning.integrity import base_fingerprint
 
 __all__ = ["IDENTITY_KEY", "RecordIdentity", "check_same_run", "identity_differences", "run_identity"]
@@ -161,6 +160,6 @@ class RecordIdentity(L.Callback):
         identity = dict(self.identity)
         editor = getattr(pl_module, "editor", None)
         if editor is not None:  # informational: check_base compares the fingerprint itself when the edit is loaded
-            fingerprint = json.dumps(base_fingerprint(editor.original), sort_keys=True).encode()
-            identity[BASE_KEY] = hashlib.sha256(fingerprint).hexdigest()
+            fingerprint = json.dumps(base_fingerprint(editor.original), sort_keys=True)
+            identity[BASE_KEY] = tensor_sha256({}, header=fingerprint)
         checkpoint[IDENTITY_KEY] = {"identity": identity, "stages": stages[: index + 1]}
