@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -166,6 +167,9 @@ def subcommand_of(argv: list[str]) -> str | None:
 def usage_message(message: str, argv: list[str]) -> str:
     """A jsonargparse error as one line that names the fix."""
     text = one_line(message)
+    stages = re.search(r"((?:rece|robust)\.iterations must be .*?, got \S+?)(?=['\"]|$| )", text)
+    if stages:  # a bad iteration count, reported by the link that sets trainer.max_epochs from the stages
+        return stages.group(1)
     if "trainer.max_epochs" in text:
         return MAX_EPOCHS_MESSAGE
     if '"subcommand"' in text and "not provided" in text:

@@ -28,7 +28,15 @@ import torch
 from torch import Tensor
 
 from rece_lightning.closed_form import Technique
-from rece_lightning.config import RECEConfig, UCEConfig, as_config, check_choice, check_concepts
+from rece_lightning.config import (
+    MAX_ITERATIONS,
+    RECEConfig,
+    UCEConfig,
+    as_config,
+    check_choice,
+    check_concepts,
+    check_number,
+)
 from rece_lightning.cross_attention import MAIN_SPACE, check_kv_weights
 from rece_lightning.edit_state import EditState
 from rece_lightning.errors import RECEError
@@ -63,6 +71,8 @@ def stage_names(method: str = "paper", rece_iterations: int = 1, robust_iteratio
     or per ``robust.iterations`` (``method="robust"``). The one source of the stage list: :class:`Recipe`, the
     Lightning module and the trainer's epochs (:func:`fit_epochs`) all read it."""
     iterations = robust_iterations if method == "robust" else rece_iterations
+    name = "robust.iterations" if method == "robust" else "rece.iterations"
+    check_number(name, iterations, integer=True, maximum=MAX_ITERATIONS)  # before a list of 10⁹ names is built
     return ["uce", *(f"rece-{i + 1}" for i in range(int(iterations)))]
 
 
