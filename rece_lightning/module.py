@@ -170,6 +170,7 @@ class RECEModule(L.LightningModule):
         self.selection: Selection | None = Selection(rule) if rule is not None else None  # chooses the kept stage
         self._split: Any = None  # the robust recipe's selection split (robust.selection_split)
         self._best: Best | None = None  # the kept stage's score, name and edit state
+        self._resumed_after: int | None = None  # index of the last stage restored by --ckpt_path, if any
 
     # ------------------------------------------------------------------------------------ the model family
     def _register_components(self) -> None:
@@ -310,8 +311,11 @@ class RECEModule(L.LightningModule):
             score, stage, state = self._best
             self.recipe.restore(stage, state)
             metric = self.selection.rule.metric if self.selection is not None else self.hparams.keep_best
+            resumed = self._resumed_after
+            over = (f", chosen over all {len(self.stages)} stages, the {resumed + 1} before the resume included"
+                    if resumed is not None else "")
             if self.trainer.is_global_zero:
-                say(f"rece: kept stage {stage!r} ({metric} = {score:.4g})")
+                say(f"rece: kept stage {stage!r} ({metric} = {score:.4g}){over}")
         if self.trainer.is_global_zero and self.trainer.logger is not None and self.trainer.logger.log_dir:
             write_kept_stage(self.trainer.logger.log_dir, self.kept_stage())
 
@@ -446,3 +450,4 @@ class RECEModule(L.LightningModule):
                 self.selection.load_state_dict(saved)
             elif self._best is not None:  # a checkpoint written before the selection state was saved
                 self.selection.kept, self.selection.score = self._best[1], self._best[0]
+        self._resumed_after = self.stage_index  # the stages up to this one ran before the resume

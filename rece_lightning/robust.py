@@ -40,6 +40,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from rece_lightning.config import MAX_ITERATIONS, MAX_WEIGHT, check_number
 from rece_lightning.editor import KVEditor
 from rece_lightning.errors import RECEError
 from rece_lightning.files import check_readable_file, read_csv
@@ -144,10 +145,10 @@ class RobustConfig:
         self.auto.check()
         if self.stop_margin_images < 0:
             raise RECEError(f"robust.stop_margin_images must be ≥ 0, got {self.stop_margin_images}")
-        if self.iterations < 0:
-            raise RECEError(f"robust.iterations must be ≥ 0, got {self.iterations}")
-        if not self.lamb > 0:
-            raise RECEError(f"robust.lamb (λ) must be > 0, got {self.lamb}")
+        check_number("robust.iterations", self.iterations, integer=True, maximum=MAX_ITERATIONS)
+        check_number("robust.lamb (λ)", self.lamb, strict=True, maximum=MAX_WEIGHT)
+        check_number("robust.erase_scale", self.erase_scale, maximum=MAX_WEIGHT)
+        check_number("robust.preserve_scale", self.preserve_scale, maximum=MAX_WEIGHT)
         if not self.gammas or any(g < 0 for g in self.gammas):
             raise RECEError(f"robust.gammas must be a non-empty list of values ≥ 0, got {self.gammas}")
         if self.judged_prompts not in (None, AUTO):
@@ -204,7 +205,7 @@ def caption_prompts(source: str | list[str], concept: str, n: int, *, with_conce
         return list(source)
     if source == "testbed":
         return sample_testbed_captions(concept, n, with_concept=with_concept, seed=seed)
-    prompts = [row["prompt"] for row in read_prompts(source) if row["prompt"]]
+    prompts = [row["prompt"] for row in read_prompts(source, seeds=False) if row["prompt"]]
     return prompts[:n] if n else prompts
 
 
