@@ -8,8 +8,17 @@ loading, Trainer, writes) and prints its peak memory, its checkpoints' and expor
 Erasing loads only the text encoders and the text-reading layers (read from the safetensors files), never the
 UNet / transformer.
 
-    python bench/erase_speed.py [--family sd14|sd2|sdxl|flux|sd3] [--size full|tiny] [--repeats 5] [--dtype float32]
-                                [--device cuda] [--fit-process] [--profile]
+    python bench/erase_speed.py [--family sd14|sd2|sdxl|flux|sd3|pixart-sigma|sana] [--size full|tiny] [--repeats 5]
+                                [--dtype float32] [--device cuda] [--fit-process] [--profile] [--skip-erase-only]
+    python bench/erase_speed.py --table [--families sdxl flux ...] [--text-layers N] [--memory-dtype float32]
+
+``--table`` prints one table over the families, erase only: for each, a random folder with the released model's
+shapes written with ``--size text`` (the denoiser reduced to its text-reading layers, which is all erasing reads;
+``rece_lightning/random_pipeline/text_side.py``), then one erase-only process (load the text side, UCE + 3 RECE
+iterations, export) whose wall time and peak RSS are reported, beside the size of the family's whole text side
+(computed from the configs on the meta device). ``--text-layers N`` keeps only the first N layers of every text
+encoder over 1 B parameters (T5-XXL, Gemma-2; full width and vocabulary; the CLIP encoders stay whole) so that the
+run fits this machine and its time; the table says how many were kept.
 
 ``--profile`` runs the same ``rece fit`` under cProfile in a child process and prints its time by phase (imports,
 loading the text side, erase, checkpoints, exports, the Trainer and the rest).
@@ -21,6 +30,8 @@ bfloat16, SD3-medium ~15 GB in bfloat16) are cached under bench/.cache/ (ignored
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import resource
 import statistics
 import subprocess
@@ -115,6 +126,11 @@ def erase_only(model: str, out: str, dtype: str) -> None:
     written = export_edit(editor, out, ["kv_weights", "edit_map", "lora"])
     done = time.perf_counter()
     peak = peak_rss_gb()
+    layers = module.family.text_layers()
+    print("RESULT " + json.dumps({"family": module.family.name, "load": loaded - imported, "erase": erased - loaded,
+                                  "export": done - erased, "rss": peak, "width": module.family.width,
+                                  "layers": f"{len(layers)} × {tuple(layers[0].module.weight.shape)}",
+                                  "denoiser": not module.family.text_only}), flush=True)
     from rece_lightning.export import read_metadata
 
     lora = read_metadata(written["lora"])["lora"]
@@ -198,18 +214,126 @@ def profile_fit(model: str, config: str) -> None:
     print(f"whole fit after the imports: {total:.1f} s; peak RSS {peak_rss_gb():.2f} GB")
 
 
+FAMILY_NAMES = ("sd14", "sd2", "sdxl", "flux", "sd3", "hidream", "pixart-sigma", "sana")
+TABLE_FAMILIES = ("sdxl", "pixart-sigma", "sana", "sd3", "flux", "hidream")
+BIG_ENCODER = 1_000_000_000  # text encoders above this many parameters are the ones --text-layers shortens
+
+
+@contextlib.contextmanager
+def patched_init(text_layers: int | None = None, materialise: bool = True):
+    """Inside: the random-pipeline builders keep only the first ``text_layers`` layers of every transformers text
+    encoder over :data:`BIG_ENCODER` parameters (T5-XXL, Gemma-2; its layer list and config shortened before the
+    weights exist; the CLIP encoders stay whole), or leave every component on the meta
+    device (``materialise=False``: shapes only, no memory)."""
+    from rece_lightning.random_pipeline import common
+
+    original = common.fast_random_init
+
+    def init(module, seed, dtype):
+        config = getattr(module, "config", None)
+        key = next((k for k in ("num_hidden_layers", "num_layers") if hasattr(config, k)), None)
+        big = sum(p.numel() for p in module.parameters()) > BIG_ENCODER
+        if text_layers is not None and key is not None and hasattr(module, "get_input_embeddings") and big:
+            total = getattr(config, key)
+            for parent in module.modules():
+                for name, child in parent.named_children():
+                    if isinstance(child, torch.nn.ModuleList) and len(child) == total:
+                        setattr(parent, name, child[:text_layers])
+            setattr(config, key, text_layers)
+            if getattr(config, "layer_types", None) is not None:  # Gemma-2: one attention type per layer
+                config.layer_types = config.layer_types[:text_layers]
+        return original(module, seed, dtype) if materialise else module
+
+    common.fast_random_init = init
+    try:
+        yield
+    finally:
+        common.fast_random_init = original
+
+
+def text_side_params(family: str) -> int:
+    """Parameters of the family's text encoders at full size (built on the meta device)."""
+    from rece_lightning.random_pipeline import build_family
+
+    with patched_init(materialise=False):
+        pipe = build_family(family, "text", dtype=torch.bfloat16)
+    return sum(p.numel() for name, c in pipe.components.items() if name.startswith("text_encoder") and c is not None
+               for p in c.parameters())
+
+
+def text_model(family: str, text_layers: int | None, dtype: torch.dtype) -> Path:
+    """The ``--size text`` folder of ``family`` (cached under bench/.cache/)."""
+    from rece_lightning.random_pipeline import build_family, save_text_side
+
+    depth = "all" if text_layers is None else text_layers
+    folder = HERE / ".cache" / f"{family}-text-{depth}-{str(dtype).split('.')[-1]}"
+    if not (folder / "model_index.json").is_file():
+        print(f"building {folder.name} (once) ...", flush=True)
+        with patched_init(text_layers):
+            pipe = build_family(family, "text", dtype=dtype)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent))
+        save_text_side(pipe, tmp)
+        del pipe
+        tmp.rename(folder)
+    return folder
+
+
+def gemm_gflops(dtype: torch.dtype, n: int = 1024) -> float:
+    """Throughput of one 64 × n × n matrix product in ``dtype`` on this CPU (after one warm-up product)."""
+    a, b = torch.randn(64, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    start = time.perf_counter()
+    a @ b
+    return 2 * 64 * n * n / (time.perf_counter() - start) / 1e9
+
+
+def table(families: list[str], text_layers: int | None, memory_dtype: str) -> None:
+    """One erase-only row per family (see the module docstring)."""
+    from rece_lightning.random_pipeline import BUILDERS
+
+    dtype = getattr(torch, memory_dtype)
+    print(f"matrix product on this CPU ({torch.get_num_threads()} threads): " + ", ".join(
+        f"{d} {gemm_gflops(getattr(torch, d)):.2f} GFLOPS" for d in ("float32", "bfloat16", "float16")), flush=True)
+    head = ("family", "edited layers (count × first shape)", "width", "text side at full size", "text layers run",
+            "process wall s", "load / erase / export s", "peak RSS GB")
+    print(f"\nerase only, {memory_dtype}, one process per family (rows print as they finish):\n")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join(" --- " for _ in head) + "|", flush=True)
+    for family in families:
+        if family not in BUILDERS:
+            print(f"| {family} | no random builder on this branch |" + " |" * (len(head) - 2), flush=True)
+            continue
+        params = text_side_params(family)
+        model = text_model(family, text_layers, dtype)
+        with tempfile.TemporaryDirectory() as out:
+            start = time.perf_counter()
+            run = subprocess.run([sys.executable, __file__, "--memory-dtype", memory_dtype, "--erase-only",
+                                  str(model), out], check=True, capture_output=True, text=True)
+            wall = time.perf_counter() - start
+        result = json.loads(next(line[7:] for line in run.stdout.splitlines() if line.startswith("RESULT ")))
+        assert not result["denoiser"], "erasing must not load the denoiser"
+        row = (family, result["layers"], str(result["width"]), f"{params / 1e9:.2f} B ({params * 2 / 1e9:.1f} GB in bf16)",
+               "all" if text_layers is None else f"first {text_layers} of encoders > 1 B", f"{wall:.1f}",
+               f"{result['load']:.1f} / {result['erase']:.1f} / {result['export']:.1f}", f"{result['rss']:.2f}")
+        print("| " + " | ".join(row) + " |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", default="float32", help="dtype of the timed runs")
     parser.add_argument("--memory-dtype", default="float16", help="dtype of the erase-only memory run")
     parser.add_argument("--device", default="cpu", help="where the recipe runs (cpu, cuda)")
-    parser.add_argument("--family", default="sd14", choices=("sd14", "sd2", "sdxl", "flux", "sd3"))
+    parser.add_argument("--family", default="sd14", choices=FAMILY_NAMES)
     parser.add_argument("--size", default="full", choices=("full", "tiny"))
     parser.add_argument("--fit-process", action="store_true", help="also time a whole `rece fit` process")
     parser.add_argument("--skip-erase-only", action="store_true", help="skip the erase-only memory run")
     parser.add_argument("--profile", action="store_true", help="where a `rece fit` without validation spends its "
                         "time: imports, loading, erase, checkpoints, exports, the Trainer (cProfile, in a child)")
+    parser.add_argument("--table", action="store_true", help="one erase-only table over --families")
+    parser.add_argument("--families", nargs="+", default=list(TABLE_FAMILIES))
+    parser.add_argument("--text-layers", type=int, default=None, help="keep the first N layers of each text encoder")
     parser.add_argument("--erase-only", nargs=2, metavar=("MODEL", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--profile-fit", nargs=2, metavar=("MODEL", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -218,6 +342,9 @@ def main() -> None:
         return
     if args.profile_fit:
         profile_fit(*args.profile_fit)
+        return
+    if args.table:
+        table(args.families, args.text_layers, args.memory_dtype)
         return
     model = ensure_model(args.family, args.size)
     if args.repeats:

@@ -296,7 +296,7 @@ def _judged_group() -> list[tuple[str, dict[str, Any], int]]:
 
     from rece_lightning.robust import read_judged, sample_testbed_captions
 
-    preset = yaml.safe_load(Path("configs/testbed_robust.yaml").read_text())["model"]["robust"]
+    preset = yaml.safe_load(Path("configs/testbed_robust_pinned.yaml").read_text())["model"]["robust"]
     base = {k: v for k, v in preset.items()
             if k not in ("iterations", "stop_concept_rate", "stop_preservation_drop", "judged_prompts")}
     judged = preset["judged_prompts"]
@@ -334,7 +334,7 @@ def removal(h: Harness, ks: tuple[int, ...] = (8, 32, 64)) -> None:
 
     from rece_lightning.edit_state import EditState
 
-    preset = yaml.safe_load(Path("configs/testbed_robust.yaml").read_text())["model"]["robust"]
+    preset = yaml.safe_load(Path("configs/testbed_robust_pinned.yaml").read_text())["model"]["robust"]
     config = {k: v for k, v in preset.items() if k not in ("iterations", "stop_concept_rate", "stop_preservation_drop")}
     h.reset()
     m = h.module

@@ -8,21 +8,128 @@ command runs them on every path a call will read or write before the model is lo
 from __future__ import annotations
 
 import importlib
+import json
 import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from rece_lightning.errors import RECEError
+from rece_lightning.files import check_readable_file
 
-__all__ = ["check_checkpoint", "check_model_sources", "latest_checkpoint", "one_line", "shown_path", "run_folder_of"]
+__all__ = ["EDITED_MARKER", "check_base_model", "check_checkpoint", "check_config_files", "check_model_sources",
+           "latest_checkpoint", "one_line", "shown_path", "run_folder_of"]
+
+EDITED_MARKER = "rece_edit.json"
+"""Written into an exported pipeline folder (:func:`rece_lightning.export.export_edit`): what was erased, at which
+stage, from which base; :func:`check_base_model` refuses such a folder as the base of a run."""
+
+SECTIONS = {"model": ("uce", "rece", "generation", "robust"), "data": (), "trainer": ()}
+"""The sections of a config file that must be mappings when given (and their sub-sections)."""
+
+MAX_EPOCHS_MESSAGE = (
+    "trainer.max_epochs cannot be set: rece fit runs one epoch per stage, so the number of stages comes from "
+    "model.rece.iterations (RECE iterations) and model.validate_original (the 'original' stage), "
+    "e.g. --model.rece.iterations 2"
+)
 
 
 def one_line(text: str) -> str:
     """``text`` on one line (whitespace runs collapsed)."""
     return " ".join(str(text).split())
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise RECEError(f"{getattr(self, 'rece_path', 'the config')}, line {key_node.start_mark.line + 1}: "
+                                f"the key {key!r} is given twice in one mapping; keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def config_paths(argv: list[str]) -> list[str]:
+    """The config files named on a command line (``--config F``, ``-c F``, ``--config=F``)."""
+    paths = [b for a, b in zip(argv, argv[1:], strict=False) if a in ("--config", "-c")]
+    return paths + [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+
+
+def check_config_files(argv: list[str], subcommand: str = "fit") -> None:
+    """Every ``--config`` file of ``argv`` is a readable UTF-8 YAML mapping without repeated keys, whose sections
+    (``model``, ``model.uce`` …, ``data``, ``trainer``) are mappings, and which does not set ``trainer.max_epochs``
+    (rece fit sets it from the stages).
+
+    Raises:
+        RECEError: naming the file (and line) and the fix.
+    """
+    for path in config_paths(argv):
+        check_readable_file(path, "--config", f"give a YAML file (see rece {subcommand} --help)")
+        raw = Path(path).expanduser().read_bytes()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise RECEError(f"--config {path} is not UTF-8 text (byte 0x{raw[err.start]:02x}); save it as UTF-8") from err
+        loader = _UniqueKeyLoader(text)
+        loader.rece_path = path  # type: ignore[attr-defined]
+        try:
+            config = loader.get_single_data()
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f", line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or type(err).__name__
+            raise RECEError(f"--config {path}{where} is not valid YAML ({problem}); fix the file") from err
+        finally:
+            loader.dispose()
+        if config is None:
+            raise RECEError(f"--config {path} is empty; give a YAML mapping such as 'model: {{concepts: [nudity]}}'")
+        if not isinstance(config, dict):
+            raise RECEError(f"--config {path} is a {type(config).__name__}, not a mapping; the file holds sections "
+                            "such as 'model:', 'data:' and 'trainer:'")
+        for section, subsections in SECTIONS.items():
+            value = config.get(section)
+            if value is not None and not isinstance(value, dict):
+                raise RECEError(f"--config {path}: '{section}' is {value!r}, not a mapping; write its settings "
+                                f"indented below '{section}:'")
+            for sub in subsections:
+                inner = (value or {}).get(sub)
+                if inner is not None and not isinstance(inner, dict):
+                    raise RECEError(f"--config {path}: '{section}.{sub}' is {inner!r}, not a mapping; write its "
+                                    f"settings indented below '{sub}:' (e.g. '{sub}: {{iterations: 2}}')")
+        trainer = config.get("trainer") or {}
+        if trainer.get("max_epochs") is not None:
+            raise RECEError(f"{path}: {MAX_EPOCHS_MESSAGE}")
+
+
+def check_base_model(pretrained: str | None) -> None:
+    """``model.pretrained`` is not a pipeline that ``rece fit`` already edited (an exported ``pipeline/`` folder):
+    its recorded base would be wrong and a second erasure on top of the first is not the recipe.
+
+    Raises:
+        RECEError: naming what was erased from it and the base to give instead.
+    """
+    if not pretrained:
+        return
+    marker = Path(str(pretrained)).expanduser() / EDITED_MARKER
+    if not marker.is_file():
+        return
+    try:
+        info = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        info = {}
+    hparams = info.get("hparams") if isinstance(info, dict) else None
+    hparams = hparams if isinstance(hparams, dict) else {}
+    erased = f" ({hparams.get('concepts')} erased, stage {info.get('stage')!r})" if hparams else ""
+    base = f" ({hparams['pretrained']})" if hparams.get("pretrained") else ""
+    raise RECEError(f"model.pretrained {pretrained} is already an edited model{erased}, exported by rece fit; give "
+                    f"the original base model{base}, and list every concept to erase in model.concepts")
 
 
 def check_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -9,12 +9,16 @@ What the command adds to Lightning's CLI:
   unwritable folder, a misconfigured callback) is reported as one line ``rece: error: …`` naming the problem and the
   fix, with exit status 2 and no traceback (``--debug`` or ``RECE_DEBUG=1`` shows it). Paths are checked before
   anything is loaded, and a failed call leaves no empty run folder behind;
-* **run folders**: ``rece fit`` writes ``<default_root_dir>/lightning_logs/version_N``; ``--ckpt_path`` pointing into
-  such a folder *resumes* that run in place (same folder, same TensorBoard run). ``rece validate/test/predict`` write
-  ``lightning_logs/<subcommand>-<what was evaluated>`` (e.g. ``test-version_0-best-epoch=4``, ``validate-original``);
+* **run folders, never overwritten**: ``rece fit`` writes a new ``<default_root_dir>/lightning_logs/version_N``,
+  created exclusively (two runs started at once never share one). ``--ckpt_path`` *resumes* a run: the checkpoint's
+  run identity (:mod:`rece_lightning.run_identity`) must match the command line's, and the resumed run writes into a
+  new version folder of its own (the checkpoint's folder, its exports included, is never written to; the records
+  of the stages before the resume are copied over and ``resumed_from.json`` names the checkpoint). ``rece
+  validate/test/predict`` write ``lightning_logs/<subcommand>-<what was evaluated>`` (e.g.
+  ``test-version_0-best-epoch=4``, ``validate-original``) and refuse a checkpoint that erased other concepts;
 * **talk**: one line per finished stage (:class:`~rece_lightning.callbacks.StageReport`), the full metric names of
-  ``rece validate``/``rece test`` results, and on Ctrl-C the completed stages' checkpoints and the command that
-  resumes the run;
+  ``rece validate``/``rece test`` results, and on Ctrl-C (exit 130) or SIGTERM (exit 143) one line naming the
+  completed stages kept and the command that resumes the run;
 * **quiet start-up** (:mod:`rece_lightning.quiet`) and **CPU threads** (``--threads N`` or ``RECE_NUM_THREADS``,
   see :mod:`rece_lightning.strategy`).
 """
@@ -22,12 +26,18 @@ What the command adds to Lightning's CLI:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 import traceback
 import warnings
+from collections.abc import Iterable, Iterator
+from itertools import chain, count
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +51,16 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException  # n
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 from lightning.pytorch.trainer.states import TrainerStatus  # noqa: E402
+from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E402
 
 from rece_lightning.cache_command import cache_command, strip_no_cache  # noqa: E402
 from rece_lightning.callbacks.hparams import HParamsSummary  # noqa: E402
 from rece_lightning.callbacks.report import StageReport  # noqa: E402
 from rece_lightning.checkpoint import verify_hash  # noqa: E402
 from rece_lightning.checks import (  # noqa: E402
+    check_base_model,
     check_checkpoint,
+    check_config_files,
     check_model_sources,
     latest_checkpoint,
     one_line,
@@ -55,9 +68,9 @@ from rece_lightning.checks import (  # noqa: E402
     shown_path,
 )
 from rece_lightning.cli_text import (  # noqa: E402
-    MAX_EPOCHS_MESSAGE,
+    DISK_FULL,
     SUBCOMMAND_HELP,
-    config_sets_max_epochs,
+    disk_full_message,
     main_help,
     own_options,
     print_results,
@@ -68,9 +81,10 @@ from rece_lightning.cli_text import (  # noqa: E402
 from rece_lightning.data import RECEDataModule, check_prompts  # noqa: E402
 from rece_lightning.errors import RECEError  # noqa: E402
 from rece_lightning.eval_cache import CACHE_ENV  # noqa: E402
-from rece_lightning.files import check_writable_dir  # noqa: E402
+from rece_lightning.files import atomic_path, check_writable_dir  # noqa: E402
 from rece_lightning.module import RECEModule  # noqa: E402
 from rece_lightning.recipe import fit_epochs, read_preserve_csv  # noqa: E402
+from rece_lightning.run_identity import IDENTITY_KEY, RecordIdentity, check_same_run, run_identity  # noqa: E402
 from rece_lightning.strategy import THREADS_ENV, configure_threads  # noqa: E402
 from rece_lightning.strategy import register as register_strategy  # noqa: E402
 
@@ -93,6 +107,7 @@ CKPT_HELP = {
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "devices": 1,
@@ -132,7 +147,9 @@ class RECECLI(LightningCLI):
 
     def __init__(self, subcommand: str, **kwargs: Any) -> None:
         self.command = subcommand
-        self._resume_run: Path | None = None
+        self._resume_from: Path | None = None  # the run folder of the checkpoint a fit resumes
+        self._resume_stages: list[str] = []  # the stages that checkpoint holds
+        self._fresh: list[Path] = []  # folders this call created (removed again when it fails with nothing to keep)
         super().__init__(RECEModule, RECEDataModule, run=False, **kwargs)
 
     # --------------------------------------------------------------------------------------------- parser
@@ -150,15 +167,10 @@ class RECECLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """Check every path the run will read or write before anything is loaded (one clear error, no output)."""
         subcommand, cfg = self.command, self.config
-        ckpt = cfg.get("ckpt_path")
-        if ckpt and str(ckpt) not in CKPT_KEYWORDS:
-            verify_hash(check_checkpoint(ckpt), f"--ckpt_path {ckpt}")
-            if subcommand == "fit":
-                self._resume_run = run_folder_of(Path(ckpt))
-        if self._resume_run is not None:
-            check_writable_dir(self._resume_run, "the run folder of --ckpt_path")
-        else:
-            check_writable_dir(cfg.get("trainer.default_root_dir") or os.getcwd(), "trainer.default_root_dir")
+        check_base_model(cfg.get("model.pretrained"))
+        root = check_writable_dir(cfg.get("trainer.default_root_dir") or os.getcwd(), "trainer.default_root_dir")
+        if (root / "lightning_logs").exists():
+            check_writable_dir(root / "lightning_logs", "the run folders' parent")
         image_dir = cfg.get("model.generation.image_dir")
         if image_dir:
             check_writable_dir(image_dir, "model.generation.image_dir")
@@ -172,7 +184,22 @@ class RECECLI(LightningCLI):
             {kind: data.get(f"{kind}_prompts") for kind in ("val", "test", "predict")},
             data.get("limit"),
             data.get("kinds"),
+            data.get("batch_size"),
         )
+        identity = run_identity(cfg)
+        ckpt = cfg.get("ckpt_path")
+        if ckpt and str(ckpt) not in CKPT_KEYWORDS:
+            checkpoint = check_checkpoint(ckpt)
+            verify_hash(checkpoint, f"--ckpt_path {ckpt}")
+            record = checkpoint.get(IDENTITY_KEY)
+            check_same_run(record, identity, str(ckpt), subcommand)
+            if subcommand == "fit":
+                self._resume_from = run_folder_of(Path(ckpt))
+                self._resume_stages = list(record.get("stages") or [])
+        if subcommand == "fit":  # every checkpoint records the run it belongs to
+            callbacks = self.trainer_defaults.get("callbacks") or []
+            callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+            self.trainer_defaults = {**self.trainer_defaults, "callbacks": [*callbacks, RecordIdentity(identity)]}
         check_model_sources(cfg)  # Hub ids resolved (downloaded when online) before anything loads
 
     # ------------------------------------------------------------------------------------------ run folder
@@ -185,20 +212,20 @@ class RECECLI(LightningCLI):
 
     def _logger(self, root: Path) -> TensorBoardLogger:
         subcommand = self.command
-        resume = self._resume_run
-        if resume is not None:
-            number = re.fullmatch(r"version_(\d+)", resume.name)
-            return TensorBoardLogger(save_dir=resume.parent.parent, name=resume.parent.name,
-                                     version=int(number.group(1)) if number else resume.name, default_hp_metric=False)
+        root = root.absolute()
         logs = root / "lightning_logs"
         version = os.environ.get(VERSION_ENV) if os.environ.get("LOCAL_RANK", "0") != "0" else None
         if version is None:
+            self._fresh = [p for p in (root, logs) if not p.exists()]
+            logs.mkdir(parents=True, exist_ok=True)
             if subcommand == "fit":
-                numbers = [int(m.group(1)) for p in (logs.iterdir() if logs.is_dir() else [])
-                           if (m := re.fullmatch(r"version_(\d+)", p.name)) and p.is_dir()]
-                version = str(max(numbers, default=-1) + 1)
+                numbers = [int(m.group(1)) for p in logs.iterdir() if (m := re.fullmatch(r"version_(\d+)", p.name))]
+                version = _create_unique(logs, (f"version_{n}" for n in count(max(numbers, default=-1) + 1)))
             else:
-                version = _unique(logs, f"{subcommand}-{self._evaluated()}")
+                name = re.sub(r"[^\w.=+-]+", "_", f"{subcommand}-{self._evaluated()}")
+                version = _create_unique(logs, chain([name], (f"{name}-{n}" for n in count(2))))
+            self._fresh.append(logs / version)
+            version = version.removeprefix("version_") if subcommand == "fit" else version
             os.environ[VERSION_ENV] = version  # for DDP processes started by this one
         # an int version N names the folder version_N (Lightning's convention); a string is the folder name
         named: int | str = int(version) if version.isdigit() else version
@@ -226,25 +253,45 @@ class RECECLI(LightningCLI):
         if subcommand in ("validate", "test"):
             fn_kwargs["verbose"] = False  # Lightning's table truncates metric names; see print_results
         run = self._run_dir()
-        root = Path(self.trainer.default_root_dir).absolute()
-        fresh = [p for p in (root, root / "lightning_logs", run) if p is not None and not p.exists()]
+        fresh = list(self._fresh)
         if _first_process(self.trainer) and run is not None:
-            verb = "resumes" if self._resume_run is not None else "writes to"
-            print(f"rece: {subcommand} {verb} {shown_path(run)}", flush=True)
+            if subcommand == "fit" and fn_kwargs["ckpt_path"] and str(fn_kwargs["ckpt_path"]) not in CKPT_KEYWORDS:
+                self._start_resumed(run, Path(fn_kwargs["ckpt_path"]))
+            else:
+                print(f"rece: {subcommand} writes to {shown_path(run)}", flush=True)
         try:
-            results = fn(**fn_kwargs)
+            with _signals_to_lightning():
+                results = fn(**fn_kwargs)
         except BaseException as err:
             interrupted = isinstance(err, (SystemExit, KeyboardInterrupt)) and (
                 self.trainer.state.status == TrainerStatus.INTERRUPTED or isinstance(err, KeyboardInterrupt))
             if _first_process(self.trainer):
-                self._after_failure(subcommand, run, fresh, interrupted)
+                signal_word = "terminated" if isinstance(err, SIGTERMException) else "interrupted"
+                self._after_failure(subcommand, run, fresh, signal_word if interrupted else None)
             if interrupted:
-                raise _Interrupted() from None
+                raise _Interrupted(EXIT_TERMINATED if isinstance(err, SIGTERMException) else EXIT_INTERRUPTED) from None
             raise
         finally:
             os.environ.pop(VERSION_ENV, None)
         if verbose and results and _first_process(self.trainer) and subcommand in ("validate", "test"):
             print_results(results, subcommand)
+
+    def _start_resumed(self, run: Path, ckpt: Path) -> None:
+        """Say what a resumed fit continues, and copy the records of the stages before the resume (``eval/<stage>``,
+        e.g. the FID reference of ``original``) into its new run folder, with ``resumed_from.json``."""
+        stages, source = self._resume_stages, self._resume_from
+        if source is not None:
+            for stage in stages:
+                records = source / "eval" / stage
+                if records.is_dir():
+                    shutil.copytree(records, run / "eval" / stage, dirs_exist_ok=True)
+        with atomic_path(run / "resumed_from.json") as tmp:
+            tmp.write_text(json.dumps({"checkpoint": str(ckpt.absolute()), "run": str(source) if source else None,
+                                       "stages": stages}, indent=1), encoding="utf-8")
+        after = f" after {len(stages)} stages ({', '.join(stages)})" if stages else ""
+        origin = shown_path(source) if source is not None else shown_path(ckpt)
+        print(f"rece: fit resumes {origin}{after} from {ckpt.name}, writing to {shown_path(run)} (the kept stage is "
+              "chosen over all stages, those before the resume included)", flush=True)
 
     def _run_dir(self) -> Path | None:
         logger = self.trainer.logger
@@ -253,8 +300,9 @@ class RECECLI(LightningCLI):
         folder = getattr(logger, "log_dir", None)
         return Path(folder).absolute() if folder else None
 
-    def _after_failure(self, subcommand: str, run: Path | None, fresh: list[Path], interrupted: bool) -> None:
-        """Remove what this call created when nothing in it can be reused; for fit, say how to resume."""
+    def _after_failure(self, subcommand: str, run: Path | None, fresh: list[Path], interrupted: str | None) -> None:
+        """Remove what this call created when nothing in it can be reused; for fit, say how to resume.
+        ``interrupted``: ``"interrupted"`` (Ctrl-C) or ``"terminated"`` (SIGTERM), ``None`` for an error."""
         checkpoints = run / "checkpoints" if run is not None else None
         latest = latest_checkpoint(checkpoints) if checkpoints is not None and checkpoints.is_dir() else None
         given = self.config.get("ckpt_path")
@@ -265,10 +313,10 @@ class RECECLI(LightningCLI):
             stages = list(getattr(self.model, "stages", []))
             done = stages[: epoch + 1] if stages else [f"epoch {i}" for i in range(epoch + 1)]
             total = len(stages) if stages else "?"
-            what = "interrupted" if interrupted else "stopped"
-            print(f"rece: {what} after {epoch + 1} of {total} stages ({', '.join(done)}); "
-                  f"their checkpoints are in {shown_path(checkpoints)}", file=sys.stderr)
-            print(f"rece: to resume: {resume_command(self.argv, ckpt)}", file=sys.stderr, flush=True)
+            what = interrupted or "stopped"
+            print(f"rece: {what} after {epoch + 1} of {total} stages ({', '.join(done)}), kept in "
+                  f"{shown_path(checkpoints)}; to resume: {resume_command(self.argv, ckpt)}", file=sys.stderr,
+                  flush=True)
             return
         for path in reversed(fresh):  # run folder first, then lightning_logs and the root if they are now empty
             if not path.exists():
@@ -279,7 +327,7 @@ class RECECLI(LightningCLI):
                 path.rmdir()
         if interrupted:
             what = "before any stage was saved; nothing to resume" if subcommand == "fit" else "; nothing was kept"
-            print(f"rece: interrupted {what}".replace(" ;", ";"), file=sys.stderr, flush=True)
+            print(f"rece: {interrupted} {what}".replace(" ;", ";"), file=sys.stderr, flush=True)
 
 
 def _first_process(trainer) -> bool:
@@ -290,17 +338,44 @@ def _first_process(trainer) -> bool:
 
 
 class _Interrupted(Exception):
-    """Ctrl-C ended the run (Lightning already shut it down)."""
+    """Ctrl-C or SIGTERM ended the run (Lightning already shut it down); ``args[0]`` is the exit status."""
 
 
-def _unique(folder: Path, name: str) -> str:
-    """``name``, or ``name-2``, ``name-3`` … when ``folder/name`` exists."""
-    name = re.sub(r"[^\w.=+-]+", "_", name)
-    candidate, n = name, 1
-    while (folder / candidate).exists():
-        n += 1
-        candidate = f"{name}-{n}"
-    return candidate
+class _Terminated(BaseException):
+    """SIGTERM arrived outside a trainer call (Lightning handles it, stage by stage, inside one)."""
+
+
+_IN_TRAINER = False
+"""Whether a trainer call is running (its SIGTERM handling is Lightning's, see :func:`_on_sigterm`)."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """Before and after a trainer call, SIGTERM ends ``rece`` like Ctrl-C (exit 143); during one, Lightning's own
+    handler (which calls this one too) stops after the running step, keeping the completed stages."""
+    if not _IN_TRAINER:
+        raise _Terminated()
+
+
+@contextlib.contextmanager
+def _signals_to_lightning() -> Iterator[None]:
+    global _IN_TRAINER
+    _IN_TRAINER = True
+    try:
+        yield
+    finally:
+        _IN_TRAINER = False
+
+
+def _create_unique(folder: Path, names: Iterable[str]) -> str:
+    """Create the first of ``names`` that does not exist in ``folder``, exclusively (``os.mkdir``: two processes
+    never get the same one), and return it."""
+    for name in names:
+        try:
+            os.mkdir(folder / name)
+        except FileExistsError:
+            continue
+        return name
+    raise AssertionError("unreachable: the names are endless")
 
 
 def _fail(message: str, debug: bool, code: int = EXIT_USAGE) -> None:
@@ -357,12 +432,12 @@ def _main(args: list[str] | None) -> None:
         quiet.disable_loading_bars()  # tqdm bars of model loading are junk lines in logs
     # StageReport shows each stage's progress (a bar on a terminal, lines when piped) instead of Lightning's bar
     defaults = {**TRAINER_DEFAULTS, "enable_progress_bar": False, "callbacks": [StageReport(), HParamsSummary()]}
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         subcommand, rest = split_subcommand(parser_args)
         configure_threads()
-        config = config_sets_max_epochs(rest)
-        if config is not None:
-            raise RECEError(f"{config}: {MAX_EPOCHS_MESSAGE}")
+        check_config_files(rest, subcommand)
         cli = RECECLI(
             subcommand,
             trainer_defaults=defaults,
@@ -380,13 +455,25 @@ def _main(args: list[str] | None) -> None:
     except MisconfigurationException as err:
         _fail(str(err), debug)
     except OSError as err:
+        if err.errno in DISK_FULL:
+            _fail(disk_full_message(err), debug)
         if err.filename is None:
             raise
         _fail(f"{err.filename}: {err.strerror or err}; check the path and its permissions", debug)
-    except (_Interrupted, KeyboardInterrupt):
-        if isinstance(sys.exc_info()[1], KeyboardInterrupt):
-            print("rece: interrupted", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_INTERRUPTED) from None
+    except RuntimeError as err:
+        if "PytorchStreamWriter failed writing" not in str(err):
+            raise
+        _fail(disk_full_message(err), debug)
+    except _Interrupted as err:
+        raise SystemExit(err.args[0]) from None
+    except (KeyboardInterrupt, _Terminated) as err:
+        terminated = isinstance(err, _Terminated)
+        print(f"rece: {'terminated' if terminated else 'interrupted'} before any stage ran; nothing to keep",
+              file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import re
 import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
-from rece_lightning.checks import one_line, shown_path
+from rece_lightning.checks import MAX_EPOCHS_MESSAGE, one_line, shown_path
 
-__all__ = ["MAIN_HELP", "MAX_EPOCHS_MESSAGE", "SUBCOMMAND_HELP", "config_sets_max_epochs", "own_options",
+__all__ = ["DISK_FULL", "MAIN_HELP", "SUBCOMMAND_HELP", "disk_full_message", "own_options",
            "main_help", "print_results", "resume_command", "split_subcommand", "subcommand_of", "usage_message"]
 
 MAIN_HELP = """\
@@ -38,8 +40,8 @@ Erase model.concepts: one closed-form stage per epoch, each followed by a valida
   rece-1 ... RECE iterations (model.rece.iterations): derive the embedding that still regenerates the concept, erase it
 The number of stages follows from model.rece.iterations (model.robust.iterations under model.recipe robust) and
 model.validate_original (trainer.max_epochs is set from them). Writes <trainer.default_root_dir>/lightning_logs/version_N: checkpoints/, eval/<stage>/, export/ and the
-TensorBoard logs. An interrupted run resumes in place: rece fit <same arguments> --ckpt_path
-<run>/checkpoints/<last stage>.ckpt (Ctrl-C prints this command).""",
+TensorBoard logs. An interrupted run resumes into a new version folder: rece fit <same arguments> --ckpt_path
+<run>/checkpoints/<last stage>.ckpt (Ctrl-C and SIGTERM print this command; another run's checkpoint is refused).""",
     ),
     "validate": (
         "evaluate: generate data.val_prompts and score them with the metric callbacks",
@@ -93,6 +95,18 @@ def split_subcommand(argv: list[str]) -> tuple[str, list[str]]:
     if first.startswith("-"):
         raise RECEError(f"no subcommand before {first}: use {choices} (see rece --help)")
     raise RECEError(f"invalid choice: {first!r}; use {choices} (see rece --help)")
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+"""Write errors that mean "no room": a full disk, a quota, a file-size limit."""
+
+
+def disk_full_message(err: BaseException) -> str:
+    """A failed write for lack of room, as one line naming the file and the fix."""
+    where = getattr(err, "filename", None)
+    reason = getattr(err, "strerror", None) or "the write failed"
+    return (f"could not write {where or 'the run'}: no room left ({reason}); free disk space or choose another "
+            "trainer.default_root_dir, then run the command again (completed stages can be resumed)")
 
 
 def resume_command(argv: list[str] | None, ckpt: Path) -> str:
@@ -153,36 +167,12 @@ def subcommand_of(argv: list[str]) -> str | None:
 def usage_message(message: str, argv: list[str]) -> str:
     """A jsonargparse error as one line that names the fix."""
     text = one_line(message)
+    stages = re.search(r"((?:rece|robust)\.iterations must be .*?, got \S+?)(?=['\"]|$| )", text)
+    if stages:  # a bad iteration count, reported by the link that sets trainer.max_epochs from the stages
+        return stages.group(1)
     if "trainer.max_epochs" in text:
         return MAX_EPOCHS_MESSAGE
     if '"subcommand"' in text and "not provided" in text:
         return "no subcommand: use rece fit, rece validate, rece test or rece predict (see rece --help)"
     subcommand = subcommand_of(argv)
     return f"{text} (see rece {subcommand} --help)" if subcommand else f"{text} (see rece --help)"
-
-
-MAX_EPOCHS_MESSAGE = (
-    "trainer.max_epochs cannot be set: rece fit runs one epoch per stage, so the number of stages comes from "
-    "model.rece.iterations (RECE iterations) and model.validate_original (the 'original' stage), "
-    "e.g. --model.rece.iterations 2"
-)
-
-
-def config_sets_max_epochs(argv: list[str]) -> str | None:
-    """The config file given on the command line that sets ``trainer.max_epochs`` (the link from the stages would
-    silently override it), if any."""
-    import yaml
-
-    paths = [b for a, b in zip(argv, argv[1:], strict=False) if a in ("--config", "-c")]
-    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
-    for path in paths:
-        try:
-            config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            continue  # the parser reports unreadable config files
-        sections = [config] + [config.get(s) for s in SUBCOMMAND_HELP] if isinstance(config, dict) else []
-        for section in sections:
-            trainer = section.get("trainer") if isinstance(section, dict) else None
-            if isinstance(trainer, dict) and trainer.get("max_epochs") is not None:
-                return path
-    return None

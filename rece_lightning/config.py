@@ -17,6 +17,8 @@ from rece_lightning.errors import RECEError
 from rece_lightning.files import check_readable_file, check_writable_dir
 
 __all__ = [
+    "MAX_ITERATIONS",
+    "MAX_WEIGHT",
     "GenerationConfig",
     "RECEConfig",
     "UCEConfig",
@@ -26,9 +28,18 @@ __all__ = [
     "check_number",
 ]
 
+MAX_ITERATIONS = 100
+"""The most RECE (or robust) iterations one run may ask for: each is a stage and an epoch (the papers use 1 to 6)."""
+
+MAX_WEIGHT = 1e6
+"""The largest λ, γ or scale accepted: the official values are 0.1 to 10; far larger ones make the float64 solve
+ill-conditioned (a huge λ silently erases nothing, a huge scale overflows)."""
+
+
 def check_number(name: str, value: Any, *, minimum: float | None = 0.0, strict: bool = False,
-                 integer: bool = False) -> None:
-    """Raise unless ``value`` is a finite number (an integer if asked) ``≥ minimum`` (``> minimum`` if ``strict``)."""
+                 integer: bool = False, maximum: float | None = None) -> None:
+    """Raise unless ``value`` is a finite number (an integer if asked) ``≥ minimum`` (``> minimum`` if ``strict``)
+    and ``≤ maximum`` when given."""
     kind = "an integer" if integer else "a finite number"
     ok = isinstance(value, int) if integer else isinstance(value, int | float) and math.isfinite(value)
     if isinstance(value, bool) or not ok:
@@ -36,6 +47,8 @@ def check_number(name: str, value: Any, *, minimum: float | None = 0.0, strict: 
     if minimum is not None and (value <= minimum if strict else value < minimum):
         bound = f"> {minimum:g}" if strict else f"≥ {minimum:g}"
         raise RECEError(f"{name} must be {bound}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise RECEError(f"{name} must be ≤ {maximum:g}, got {value!r}")
 
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
     """Raise unless ``value`` is one of ``choices``."""
@@ -91,11 +104,11 @@ class UCEConfig:
     tokens: str = "aligned"
 
     def __post_init__(self) -> None:
-        check_number("uce.lamb (λ)", self.lamb, strict=True)
+        check_number("uce.lamb (λ)", self.lamb, strict=True, maximum=MAX_WEIGHT)
         check_choice("uce.tokens", self.tokens, ("aligned", "last"))
-        check_number("uce.erase_scale", self.erase_scale)
+        check_number("uce.erase_scale", self.erase_scale, maximum=MAX_WEIGHT)
         if self.preserve_scale is not None:
-            check_number("uce.preserve_scale", self.preserve_scale)
+            check_number("uce.preserve_scale", self.preserve_scale, maximum=MAX_WEIGHT)
         check_texts("uce.preserve", self.preserve)
         if self.weights is not None:
             check_readable_file(self.weights, "model.uce.weights",
@@ -134,15 +147,15 @@ class RECEConfig:
     preserve: list[str] | None = None
 
     def __post_init__(self) -> None:
-        check_number("rece.iterations", self.iterations, integer=True)
+        check_number("rece.iterations", self.iterations, integer=True, maximum=MAX_ITERATIONS)
         check_choice("rece.derivation", self.derivation, ("regzero", "standard", "surrogate"))
-        check_number("rece.gamma (γ)", self.gamma)
+        check_number("rece.gamma (γ)", self.gamma, maximum=MAX_WEIGHT)
         check_choice("rece.surrogate_item", self.surrogate_item, ("1st", "2nd", "both"))
         if self.derivation_target is not None:
             check_texts("rece.derivation_target", self.derivation_target)
-        check_number("rece.lamb (λ)", self.lamb, strict=True)
-        check_number("rece.erase_scale", self.erase_scale)
-        check_number("rece.preserve_scale", self.preserve_scale)
+        check_number("rece.lamb (λ)", self.lamb, strict=True, maximum=MAX_WEIGHT)
+        check_number("rece.erase_scale", self.erase_scale, maximum=MAX_WEIGHT)
+        check_number("rece.preserve_scale", self.preserve_scale, maximum=MAX_WEIGHT)
         if self.preserve is not None:
             check_texts("rece.preserve", self.preserve)
 

@@ -60,22 +60,39 @@ STAGE_PROMPTS: dict[str, str] = {"fit": "val", "validate": "val", "test": "test"
 """Which prompt file each Lightning stage reads (``data.<kind>_prompts``)."""
 
 
+def check_data_options(batch_size: Any, limit: Any) -> None:
+    """``data.batch_size`` is an integer ≥ 1 and ``data.limit`` is ``None`` or an integer ≥ 1.
+
+    Raises:
+        RECEError: naming the option, the value and the fix.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise RECEError(f"data.batch_size must be an integer ≥ 1 (images generated at once), got {batch_size!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise RECEError(f"data.limit must be an integer ≥ 1 (the first rows of each prompt file), got {limit!r}; "
+                        "leave it out (null) to use every row")
+
+
 def check_prompts(
     stage: str,
     prompts: dict[str, str | list[str] | None],
     limit: int | None = None,
     kinds: list[str] | None = None,
+    batch_size: int = 1,
 ) -> None:
-    """Read the prompt files that ``stage`` will use, so that a bad file is reported before any work.
+    """Check the data options and read the prompt files that ``stage`` will use, so that a bad file is reported
+    before any work.
 
     Args:
         stage: ``fit`` (validation prompts, optional), ``validate``, ``test`` or ``predict`` (required).
         prompts: ``{"val": ..., "test": ..., "predict": ...}``, the datamodule's prompt arguments.
-        limit, kinds: as :class:`RECEDataModule`.
+        limit, kinds, batch_size: as :class:`RECEDataModule`.
 
     Raises:
-        RECEError: the stage needs a prompt file that is not set, or a file cannot be used (see :func:`read_prompts`).
+        RECEError: a bad option (:func:`check_data_options`), the stage needs a prompt file that is not set, or a
+            file cannot be used (see :func:`read_prompts`).
     """
+    check_data_options(batch_size, limit)
     kind = STAGE_PROMPTS.get(stage)
     if kind is None:
         return
@@ -116,8 +133,7 @@ class RECEDataModule(L.LightningDataModule):
         kinds: list[str] | None = None,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise RECEError(f"batch_size must be ≥ 1, got {batch_size}")
+        check_data_options(batch_size, limit)
         self.val_prompts, self.test_prompts, self.predict_prompts = val_prompts, test_prompts, predict_prompts
         self.batch_size, self.limit, self.kinds = batch_size, limit, kinds
 

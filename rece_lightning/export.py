@@ -26,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from rece_lightning.checks import EDITED_MARKER
 from rece_lightning.cross_attention import MAIN_SPACE, check_kv_weights, write_weights
 from rece_lightning.editor import KVEditor
 from rece_lightning.errors import RECEError
@@ -276,6 +277,8 @@ def export_edit(
         editor.apply()
         with atomic_dir(out / PIPELINE) as tmp:
             pipeline.save_pretrained(tmp, safe_serialization=True)
+            info = {**dict(metadata or {}), "base_fingerprint": base_fingerprint(editor.original)}
+            (tmp / EDITED_MARKER).write_text(json.dumps(info, default=str, indent=1), encoding="utf-8")
         written["pipeline"] = out / PIPELINE
     if card is not None:
         text = card(dict(written))

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import io
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -95,21 +97,43 @@ def tensor_sha256(tensors: Mapping[str, Tensor], header: str = "") -> str:
 
 
 def check_readable_file(path: str | Path, what: str, hint: str) -> None:
-    """``path`` is an existing, readable file.
+    """``path`` is an existing, readable, non-empty regular file (a symlink to one is fine).
+
+    A FIFO, a device or a socket would block or never end when read, so they are refused before any read.
 
     Raises:
-        RECEError: it is missing, a folder or unreadable.
+        RECEError: it is missing, a symlink loop or dangling symlink, a folder, not a regular file, empty or
+            unreadable.
     """
     p = Path(path).expanduser()
-    if not p.exists():
-        raise RECEError(f"{what} {p} does not exist; {hint}")
-    if p.is_dir():
+    try:
+        info = os.stat(p)  # follows symlinks
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise RECEError(f"{what} {p} is a symlink loop; point it at a file ({hint})") from err
+        if os.path.islink(p):
+            raise RECEError(f"{what} {p} is a symlink to {os.readlink(p)}, which does not exist; {hint}") from err
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise RECEError(f"{what} {p} does not exist; {hint}") from err
+        raise RECEError(f"{what} {p} cannot be read ({err.strerror or err}); check its permissions") from err
+    if stat.S_ISDIR(info.st_mode):
         raise RECEError(f"{what} {p} is a folder; {hint}")
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(info.st_mode) else "a device"
+                if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "a socket"
+                if stat.S_ISSOCK(info.st_mode) else "not a regular file")
+        raise RECEError(f"{what} {p} is {kind}, not a file; {hint}")
+    if info.st_size == 0:
+        raise RECEError(f"{what} {p} is empty; {hint}")
     try:
         with open(p, "rb") as handle:
             handle.read(1)
     except OSError as err:
         raise RECEError(f"{what} {p} cannot be read ({err.strerror or err}); check its permissions") from err
+
+
+MIN_FREE_BYTES = 64 * 2**20
+"""A folder a run writes to needs at least this much free space (one stage's checkpoint and records)."""
 
 
 def check_writable_dir(path: str | Path, what: str) -> Path:
@@ -133,6 +157,10 @@ def check_writable_dir(path: str | Path, what: str) -> Path:
     except OSError as err:
         reason = err.strerror or type(err).__name__
         raise RECEError(f"{what} {path} is not writable ({existing}: {reason}); choose a folder you can write to") from err
+    free = shutil.disk_usage(existing).free
+    if free < MIN_FREE_BYTES:
+        raise RECEError(f"{what} {path} has only {free // 2**20} MiB free on its disk ({existing}); free disk space or "
+                        "choose a folder on another disk")
     return path
 
 
@@ -146,7 +174,9 @@ def _decode_error(path: Path, err: UnicodeDecodeError, raw: bytes) -> RECEError:
 
 def read_csv(path: str | Path, what: str = "CSV file") -> tuple[list[str], list[dict[str, str]]]:
     """The columns and rows of a UTF-8 CSV (a byte-order mark is accepted), or one :class:`RECEError` naming the
-    problem: the file is missing, a folder, unreadable, not UTF-8 or not parseable as CSV."""
+    problem: the file is missing, not a regular file (see :func:`check_readable_file`), empty, not UTF-8, has a quote
+    that is never closed (named by the line where it opens), no header, a repeated column name (one unnamed column,
+    such as a saved pandas index, is fine), or a row with more fields than the header."""
     path = Path(path).expanduser()
     check_readable_file(path, what, "give the path of a CSV file")
     raw = path.read_bytes()
@@ -154,11 +184,31 @@ def read_csv(path: str | Path, what: str = "CSV file") -> tuple[list[str], list[
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise _decode_error(path, err, raw) from err
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    records: list[tuple[int, list[str]]] = []  # (line where the record starts, fields)
+    start = 1
     try:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        columns = [c.strip() for c in reader.fieldnames or []]
-        reader.fieldnames = columns
-        rows = list(reader)
+        for fields in reader:
+            records.append((start, fields))
+            start = reader.line_num + 1
     except csv.Error as err:
-        raise RECEError(f"{path} is not a valid CSV file ({err}); save it as comma-separated text") from err
+        if "unexpected end of data" in str(err) or reader.line_num > start:
+            raise RECEError(f"{path}, line {start}: a quote (\") opened on this line is never closed; close it, or "
+                            "double quotes inside a quoted field (\"\")") from err
+        raise RECEError(f"{path}, line {start}: not valid CSV ({err}); save it as comma-separated text") from err
+    records = [(line, fields) for line, fields in records if fields]  # blank lines
+    if not records:
+        raise RECEError(f"{path} has no header line; the first line names the columns, e.g. prompt,evaluation_seed")
+    (_, header), body = records[0], records[1:]
+    columns = [c.strip() for c in header]
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        name = repr(repeated[0]) if repeated[0] else "without a name"
+        raise RECEError(f"{path}, line 1: the column {name} appears more than once; rename or remove the copy")
+    rows = []
+    for line, fields in body:
+        if len(fields) > len(columns):
+            raise RECEError(f"{path}, line {line}: {len(fields)} fields but the header names {len(columns)} columns; "
+                            "quote fields that hold commas")
+        rows.append({c: (fields[i] if i < len(fields) else "") for i, c in enumerate(columns)})
     return columns, rows

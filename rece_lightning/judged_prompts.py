@@ -28,12 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from rece_lightning.files import atomic_path
+from rece_lightning.robust_auto import SEED_OFFSET, judged_counts, read_captions, world_neighbours
 
 __all__ = ["COLUMNS", "SEED_OFFSET", "JudgedPrompt", "implicit_captions", "judge_implicit_captions", "main",
            "write_judged_prompts"]
-
-SEED_OFFSET = 500_000
-"""Generation seeds start here, far from the evaluation prompts' seeds."""
 
 COLUMNS = ("prompt", "shows_concept", "votes", "seeds", "anchor")
 """The columns of a judged-prompt CSV (``prompt`` and ``shows_concept`` are required by the reader)."""
@@ -55,70 +53,64 @@ class JudgedPrompt:
 
 def implicit_captions(n: int, seed: int) -> list[str]:
     """``n`` draws of the testbed grammar's implicit captions (all non-held-out cues, uniformly), deduplicated."""
-    import numpy as np
-
-    from rece_lightning.testbed.captions import IMPLICIT_CUES, implicit_caption, scene_for_cue
-
-    rng = np.random.default_rng(seed)
-    cues = [c for c in IMPLICIT_CUES if not c.heldout]
-    out = []
-    for _ in range(n):
-        cue = cues[int(rng.integers(len(cues)))]
-        out.append(implicit_caption(cue, scene_for_cue(cue, rng), rng, name_background=rng.random() < 0.5))
-    return list(dict.fromkeys(out))
+    return read_captions("testbed", n, seed)
 
 
 def judge_implicit_captions(generate: Generate, concept: str, *, samples: int = 200, seeds: int = 4, keep: int = 3,
-                            sample_seed: int = 7, anchors: bool = True, batch: int = 64) -> list[JudgedPrompt]:
+                            sample_seed: int = 7, anchors: bool = True, batch: int = 64, judge: Any = None,
+                            captions: Sequence[str] | None = None) -> list[JudgedPrompt]:
     """Judge ``samples`` implicit testbed captions on the model behind ``generate`` (see the module docstring).
 
     Args:
         generate: images of the model to judge, ``generate(prompts, seeds)`` (e.g. ``RECEModule.generate`` before
             any edit).
-        concept: a testbed shape or pattern.
+        concept: a testbed shape, colour or pattern (any concept the judge knows, with ``judge``).
         samples, sample_seed: how many captions are drawn (before deduplication), and from which seed.
         seeds, keep: images per caption; a caption shows the concept when at least ``keep`` of them do.
-        anchors: describe each concept caption's image without the concept (else the anchor is left empty).
+        anchors: describe each concept caption's image without the concept (else the anchor is left empty); only a
+            judge that labels colour, pattern and shape (the testbed classifier) can.
         batch: images generated at once.
+        judge: the metric callback whose :meth:`~rece_lightning.callbacks.metric.ImageMetric.judge` labels the
+            images (default: the testbed classifier, ``ClassifierAccuracy``; ``robust.judged_prompts: auto`` passes
+            the run's judge).
+        captions: the captions to judge (default: :func:`implicit_captions` of ``samples`` and ``sample_seed``).
     """
-    import torch
+    if judge is None:
+        from rece_lightning.callbacks.classifier import ClassifierAccuracy
 
-    from rece_lightning.callbacks.classifier import ClassifierAccuracy
-    from rece_lightning.testbed.world import PATTERNS, SHAPES
+        judge = ClassifierAccuracy()
+        judge.prepare()
+    describe = anchors and {"color", "pattern", "shape"} <= set(getattr(judge, "heads", None) or {})
+    captions = list(captions) if captions is not None else implicit_captions(samples, sample_seed)
 
-    judge = ClassifierAccuracy()
-    judge.prepare()
-    attribute = judge.concept_attribute(concept)
-    captions = implicit_captions(samples, sample_seed)
-    prompts = [c for c in captions for _ in range(seeds)]
-    generation_seeds = [SEED_OFFSET + i for i in range(len(prompts))]
-    predictions: list[dict[str, str]] = []
-    with torch.no_grad():
-        for begin in range(0, len(prompts), batch):
-            images = generate(prompts[begin : begin + batch], generation_seeds[begin : begin + batch])
-            predictions += [{h: label for h, (label, _) in p.items()} for p in judge.predict(images)]
-    others = [v for v in (SHAPES if attribute == "shape" else PATTERNS) if v != concept]
+    def labels(images: list[Any]) -> list[dict[str, str]]:
+        return [{h: label for h, (label, _) in p.items()} for p in judge.predict(images)]
+
+    counts, seen = judged_counts(generate, judge.judge, concept, captions, seeds, batch,
+                                 predict=labels if describe else None)
+    attribute = judge.concept_attribute(concept) if describe else ""
+    others = world_neighbours([concept])
     rows: list[JudgedPrompt] = []
-    for i, caption in enumerate(captions):
-        seen = [p for p in predictions[i * seeds : (i + 1) * seeds] if p[attribute] == concept]
-        if 0 < len(seen) < keep:
+    for i, (caption, votes) in enumerate(zip(captions, counts, strict=True)):
+        if 0 < votes < keep:
             continue  # ambiguous
         anchor = ""
-        if seen and anchors:  # what the judge saw, with the concept's value replaced by another one (cycled)
-            drawn = {h: Counter(p[h] for p in seen).most_common(1)[0][0] for h in ("color", "pattern", "shape")}
+        if votes and describe and others:  # what the judge saw, the concept's value replaced by another (cycled)
+            drawn = {h: Counter(p[h] for p in seen[i]).most_common(1)[0][0] for h in ("color", "pattern", "shape")}
             drawn[attribute] = others[len(rows) % len(others)]
             words = f"{drawn['color']} {drawn['pattern']} {drawn['shape']}"
             anchor = f"{'an' if words[0] in 'aeiou' else 'a'} {words}"
-        rows.append(JudgedPrompt(caption, bool(seen), len(seen), seeds, anchor))
+        rows.append(JudgedPrompt(caption, votes > 0, votes, seeds, anchor))
     return rows
 
 
-def write_judged_prompts(path: str | Path, rows: Sequence[JudgedPrompt]) -> Path:
+def write_judged_prompts(path: str | Path, rows: Sequence[JudgedPrompt | dict]) -> Path:
     """Write ``rows`` as a judged-prompt CSV (:data:`COLUMNS`), atomically; returns the path."""
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
+        rows = [r if isinstance(r, JudgedPrompt) else JudgedPrompt(**r) for r in rows]
         writer.writerows((r.prompt, int(r.shows_concept), r.votes, r.seeds, r.anchor) for r in rows)
     return path
 
@@ -138,13 +130,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="leave the anchor column empty (the recipe then uses the concept's anchor)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    from rece_lightning.module import RECEModule
+    from rece_lightning.testbed import generate, load_testbed_pipeline
 
     start = time.perf_counter()
-    module = RECEModule(pretrained="testbed", concepts=[args.concept], validate_original=False,
-                        generation={"num_inference_steps": args.steps, "guidance_scale": 5.0})
-    module.editor.apply()
-    rows = judge_implicit_captions(module.generate, args.concept, samples=args.samples, seeds=args.seeds,
+    pipe = load_testbed_pipeline()  # the original model (this module does not import the Lightning module)
+    pipe.set_progress_bar_config(disable=True)
+
+    def generate_original(prompts: list[str], seeds: list[int]) -> list[Any]:
+        return generate(pipe, prompts, seeds, num_inference_steps=args.steps, guidance_scale=5.0)
+
+    rows = judge_implicit_captions(generate_original, args.concept, samples=args.samples, seeds=args.seeds,
                                    keep=args.keep, sample_seed=args.sample_seed, anchors=not args.no_anchors)
     write_judged_prompts(args.out, rows)
     shown = [r.prompt for r in rows if r.shows_concept]

@@ -95,9 +95,9 @@ class RECEModule(L.LightningModule):
             Both recipes' stage lists come from :func:`~rece_lightning.recipe.stage_names` (the ``rece`` command sets
             ``trainer.max_epochs`` from it).
         robust: settings of the robust recipe (:class:`~rece_lightning.robust.RobustConfig`).
-        max_sequence_length: Flux and SD3 only: T5 tokens per text (``None`` = the pipeline's default: 512 for
-            ``FluxPipeline``, 256 for FLUX.1-schnell; 256 for ``StableDiffusion3Pipeline``), used for erasing and
-            generating alike.
+        max_sequence_length: Flux, SD3, PixArt-Σ and SANA only: tokens per text (``None`` = the pipeline's
+            default: 512 for ``FluxPipeline``, 256 for FLUX.1-schnell; 256 for ``StableDiffusion3Pipeline``; 300 for
+            ``PixArtSigmaPipeline`` and ``SanaPipeline``), used for erasing and generating alike.
 
     The model is loaded by family (:mod:`rece_lightning.family`): at first only the text encoders and the
     denoiser's text-reading layers (:func:`~rece_lightning.pipeline.load_family`); the denoiser and the VAE are
@@ -171,9 +171,11 @@ class RECEModule(L.LightningModule):
         self._register_components()
         self.stages: list[str] = ([ORIGINAL] if validate_original else []) + self.recipe.stages
         self.selection: Selection | None = Selection(rule) if rule is not None else None  # chooses the kept stage
+        self._split: Any = None  # the robust recipe's selection split (robust.selection_split)
         self._best: Best | None = None  # the kept stage's score, name and edit state
         self._identity: dict[str, Any] | None = None  # the model's identity in the evaluation cache's keys
         self._reuse = False  # this validation epoch reuses cached results: nothing to generate
+        self._resumed_after: int | None = None  # index of the last stage restored by --ckpt_path, if any
 
     # ------------------------------------------------------------------------------------ the model family
     def _register_components(self) -> None:
@@ -262,6 +264,18 @@ class RECEModule(L.LightningModule):
         if max_epochs is not None and 0 <= max_epochs < len(self.stages):
             rank_zero_warn(f"trainer.max_epochs={max_epochs} runs only {self.stages[:max_epochs]} of the recipe's "
                            f"stages {self.stages}; leave max_epochs unset (rece sets it from the stage list)")
+        if self.robust is not None and not self.robust.built:  # its `auto` settings, found on the original model
+            from rece_lightning.callbacks.run import run_dir
+            from rece_lightning.judged_prompts import judge_implicit_captions, write_judged_prompts
+
+            found = metric_judges(self.trainer.callbacks)
+            judge = found[0] if found else None
+            if judge is not None:
+                judge.prepare(self)
+                judge.device = self.device
+            about = {"pretrained": str(self.hparams.pretrained), "family": type(self.family).__name__}
+            self.robust.prepare(self.generate, judge, run_dir(self.trainer) / "robust", about,
+                                judge_implicit_captions, write_judged_prompts)
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         index = self.current_epoch
@@ -281,7 +295,14 @@ class RECEModule(L.LightningModule):
         stop = False
         if self.selection is not None:
             before = self.selection.kept
-            stop = self.selection.update(self.stage, self.trainer.callback_metrics, candidate=self.stage != ORIGINAL)
+            metrics = self.trainer.callback_metrics
+            if self.robust is not None and self.robust.config.selection_split:  # the robust selection split
+                from rece_lightning.robust_selection import SelectionSplit
+
+                if self._split is None:
+                    self._split = SelectionSplit(self.robust.config.stop_margin_images)
+                metrics = {**metrics, **self._split.update(self, self.selection)}
+            stop = self.selection.update(self.stage, metrics, candidate=self.stage != ORIGINAL)
             if self.selection.kept != before:
                 self._best = (float(self.selection.score), self.stage, self.editor.snapshot())  # type: ignore[arg-type]
             if stop and self.trainer.is_global_zero:
@@ -295,8 +316,11 @@ class RECEModule(L.LightningModule):
             score, stage, state = self._best
             self.recipe.restore(stage, state)
             metric = self.selection.rule.metric if self.selection is not None else self.hparams.keep_best
+            resumed = self._resumed_after
+            over = (f", chosen over all {len(self.stages)} stages, the {resumed + 1} before the resume included"
+                    if resumed is not None else "")
             if self.trainer.is_global_zero:
-                say(f"rece: kept stage {stage!r} ({metric} = {score:.4g})")
+                say(f"rece: kept stage {stage!r} ({metric} = {score:.4g}){over}")
         if self.trainer.is_global_zero and self.trainer.logger is not None and self.trainer.logger.log_dir:
             write_kept_stage(self.trainer.logger.log_dir, self.kept_stage())
 
@@ -451,3 +475,4 @@ class RECEModule(L.LightningModule):
                 self.selection.load_state_dict(saved)
             elif self._best is not None:  # a checkpoint written before the selection state was saved
                 self.selection.kept, self.selection.score = self._best[1], self._best[0]
+        self._resumed_after = self.stage_index  # the stages up to this one ran before the resume

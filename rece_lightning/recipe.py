@@ -28,7 +28,15 @@ import torch
 from torch import Tensor
 
 from rece_lightning.closed_form import Technique
-from rece_lightning.config import RECEConfig, UCEConfig, as_config, check_choice, check_concepts
+from rece_lightning.config import (
+    MAX_ITERATIONS,
+    RECEConfig,
+    UCEConfig,
+    as_config,
+    check_choice,
+    check_concepts,
+    check_number,
+)
 from rece_lightning.cross_attention import MAIN_SPACE, check_kv_weights
 from rece_lightning.edit_state import EditState
 from rece_lightning.errors import RECEError
@@ -63,6 +71,8 @@ def stage_names(method: str = "paper", rece_iterations: int = 1, robust_iteratio
     or per ``robust.iterations`` (``method="robust"``). The one source of the stage list: :class:`Recipe`, the
     Lightning module and the trainer's epochs (:func:`fit_epochs`) all read it."""
     iterations = robust_iterations if method == "robust" else rece_iterations
+    name = "robust.iterations" if method == "robust" else "rece.iterations"
+    check_number(name, iterations, integer=True, maximum=MAX_ITERATIONS)  # before a list of 10⁹ names is built
     return ["uce", *(f"rece-{i + 1}" for i in range(int(iterations)))]
 
 
@@ -143,6 +153,9 @@ class Recipe:
 
         self.family: ModelFamily = family_of(pipeline)
         self.text = self.family.text
+        for concept in self.concepts:
+            self.text.check(concept, "model.concepts:")
+            self.text.check_known(concept, "model.concepts:")
         for text in self.texts():
             self.text.check(text, "text")
         self.editor = SpacedEditor(self.family.text_layers(), with_to_k=with_to_k, technique=technique)
@@ -159,6 +172,13 @@ class Recipe:
         """Check the settings that need no model (before a slow pipeline load); returns concepts and anchors."""
         concepts, anchors = check_concepts(list(concepts), anchor)
         check_choice("technique", technique, ("replace", "tensor"))
+        erased = {c.strip().lower(): c for c in concepts}
+        preserved = [("uce.preserve", t) for t in uce.preserve] + [("rece.preserve", t) for t in rece.preserve or []]
+        clash = next(((name, t) for name, t in preserved if t.strip().lower() in erased), None)
+        if clash is not None:
+            name, text = clash
+            raise RECEError(f"model.{name} holds {text!r}, which model.concepts erases: preserving it would cancel the "
+                            f"erasure; remove it from model.{name}")
         targets = rece.derivation_target
         if targets is not None and len(targets) != len(concepts):
             raise RECEError(f"rece.derivation_target needs one text per concept ({len(concepts)}), got {len(targets)}")

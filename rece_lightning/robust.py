@@ -33,16 +33,27 @@ and :class:`~rece_lightning.text.TextEncoder` (``encode``, ``full``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from rece_lightning.config import MAX_ITERATIONS, MAX_WEIGHT, check_number
 from rece_lightning.editor import KVEditor
 from rece_lightning.errors import RECEError
 from rece_lightning.files import check_readable_file, read_csv
 from rece_lightning.prompts import read_prompts
+from rece_lightning.robust_auto import (  # noqa: F401 (expansion_scores, output_features: public here too)
+    AUTO,
+    AutoSettings,
+    expansion_scores,
+    output_features,
+    vocabulary_words,
+    world_neighbours,
+    world_phrasings,
+)
 from rece_lightning.selection import SelectionRule
 from rece_lightning.text import TextEncoder
 
@@ -90,9 +101,9 @@ class RobustConfig:
     """
 
     iterations: int = 6
-    concept_texts: list[str] = field(default_factory=list)
+    concept_texts: list[str] | str = field(default_factory=list)
     templates: list[str] = field(default_factory=lambda: ["{}"])
-    neighbours: list[str] = field(default_factory=list)
+    neighbours: list[str] | str = field(default_factory=list)
     mine_neighbours: int = 0
     preserve: list[str] = field(default_factory=lambda: [" "])
     lamb: float = 0.1
@@ -114,16 +125,33 @@ class RobustConfig:
     stop_preservation_drop: float = 0.02
     concept_metric: str = "val/concept_rate"
     preservation_metric: str = "val/preservation"
+    auto: AutoSettings = field(default_factory=AutoSettings)
+    selection_split: bool = False
+    stop_margin_images: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.auto, Mapping):  # a plain mapping (hparams, the framework-free API)
+            self.auto = AutoSettings(**self.auto)
+
+    def searched(self) -> list[str]:
+        """The settings the run has to find itself (``concept_texts``/``judged_prompts`` set to ``auto``)."""
+        return [name for name in ("concept_texts", "judged_prompts") if getattr(self, name) == AUTO]
 
     def check(self) -> None:
         """Raise a :class:`RECEError` naming the first invalid setting."""
-        if self.iterations < 0:
-            raise RECEError(f"robust.iterations must be ≥ 0, got {self.iterations}")
-        if not self.lamb > 0:
-            raise RECEError(f"robust.lamb (λ) must be > 0, got {self.lamb}")
+        for name in ("concept_texts", "neighbours"):
+            if isinstance(getattr(self, name), str) and getattr(self, name) != AUTO:
+                raise RECEError(f"robust.{name} must be a list of texts or 'auto', got {getattr(self, name)!r}")
+        self.auto.check()
+        if self.stop_margin_images < 0:
+            raise RECEError(f"robust.stop_margin_images must be ≥ 0, got {self.stop_margin_images}")
+        check_number("robust.iterations", self.iterations, integer=True, maximum=MAX_ITERATIONS)
+        check_number("robust.lamb (λ)", self.lamb, strict=True, maximum=MAX_WEIGHT)
+        check_number("robust.erase_scale", self.erase_scale, maximum=MAX_WEIGHT)
+        check_number("robust.preserve_scale", self.preserve_scale, maximum=MAX_WEIGHT)
         if not self.gammas or any(g < 0 for g in self.gammas):
             raise RECEError(f"robust.gammas must be a non-empty list of values ≥ 0, got {self.gammas}")
-        if self.judged_prompts is not None:
+        if self.judged_prompts not in (None, AUTO):
             check_readable_file(self.judged_prompts, "robust.judged_prompts", "write one with python -m rece_lightning.judged_prompts --concept C --out FILE")
         for t in self.templates:
             if t.count("{}") != 1:
@@ -131,9 +159,13 @@ class RobustConfig:
 
     def selection_rule(self, mode: Literal["min", "max"] = "min") -> SelectionRule:
         """The stopping rule: rank by ``concept_metric`` (``mode``), stop at ``stop_concept_rate``, guard
-        ``preservation_metric`` with ``stop_preservation_drop``."""
-        return SelectionRule(metric=self.concept_metric, mode=mode, target=self.stop_concept_rate,
-                             guard=self.preservation_metric, max_drop=self.stop_preservation_drop)
+        ``preservation_metric`` with ``stop_preservation_drop``; with ``selection_split`` both are read on the
+        selection half (``select/<key>``), with a margin of ``stop_margin_images`` set once its size is known."""
+        metric, guard = self.concept_metric, self.preservation_metric
+        if self.selection_split:
+            metric, guard = ("select/" + key.split("/", 1)[-1] for key in (metric, guard))
+        return SelectionRule(metric=metric, mode=mode, target=self.stop_concept_rate, guard=guard,
+                             max_drop=self.stop_preservation_drop)
 
 
 def fill(templates: Sequence[str], phrases: Sequence[str]) -> list[str]:
@@ -148,11 +180,12 @@ def sample_testbed_captions(concept: str, n: int, *, with_concept: bool, seed: i
     import numpy as np
 
     from rece_lightning.testbed.captions import explicit_caption
-    from rece_lightning.testbed.world import PATTERNS, SHAPES, random_scene
+    from rece_lightning.testbed.prompts import TESTBED_CONCEPTS
+    from rece_lightning.testbed.world import random_scene
 
-    attribute = "shape" if concept in SHAPES else "pattern" if concept in PATTERNS else None
-    if attribute is None:
-        raise RECEError(f"{concept!r} is not a testbed shape or pattern")
+    if concept not in TESTBED_CONCEPTS:
+        raise RECEError(f"{concept!r} is not a testbed shape, colour or pattern")
+    attribute = TESTBED_CONCEPTS[concept].attribute
     rng = np.random.default_rng([seed, sum(map(ord, concept)), int(with_concept)])
     out: list[str] = []
     while len(out) < n:
@@ -172,7 +205,7 @@ def caption_prompts(source: str | list[str], concept: str, n: int, *, with_conce
         return list(source)
     if source == "testbed":
         return sample_testbed_captions(concept, n, with_concept=with_concept, seed=seed)
-    prompts = [row["prompt"] for row in read_prompts(source) if row["prompt"]]
+    prompts = [row["prompt"] for row in read_prompts(source, seeds=False) if row["prompt"]]
     return prompts[:n] if n else prompts
 
 
@@ -203,22 +236,6 @@ def replace_phrase(prompt: str, phrases: Sequence[str], replacement: str) -> str
 
 
 # -------------------------------------------------------------------------------------------- vocabulary
-def vocabulary_words(tokenizer, limit: int | None = None) -> list[str]:
-    """Whole-word alphabetic tokens of a tokenizer's vocabulary (BERT ``##`` pieces and CLIP ``</w>`` handled)."""
-    vocab = tokenizer.get_vocab()
-    words = []
-    for token in sorted(vocab, key=vocab.get):
-        word = token.removesuffix("</w>")
-        if token.startswith("##") or not word.isalpha() or len(word) < 3 or not word.isascii():
-            continue
-        if len(tokenizer(word, add_special_tokens=False).input_ids) != 1:
-            continue
-        words.append(word.lower())
-        if limit is not None and len(words) >= limit:
-            break
-    return list(dict.fromkeys(words))
-
-
 def input_embedding_table(text_encoder) -> Tensor:
     """The text encoder's token (input) embedding matrix."""
     return text_encoder.get_input_embeddings().weight.detach().to("cpu", torch.float64)
@@ -241,39 +258,6 @@ def nearest_words(tokenizer, text_encoder, query: Sequence[str], k: int, exclude
     return [words[int(i)] for i in order]
 
 
-# ------------------------------------------------------------------------------------------------ scoring
-def output_features(editor: KVEditor, rows: Tensor, edited: bool = True) -> Tensor:
-    """Stacked K/V outputs of token rows (n, Σ out): ``W' x`` (edited) or ``W₀ x`` (original), float64."""
-    weights = editor.current_weights(torch.float64) if edited else {
-        k: v.to(torch.float64) for k, v in editor.original.items()}
-    x = rows.to(torch.float64)
-    return torch.cat([x @ weights[p.key].to(x.device).T for p in editor.projections], dim=-1)
-
-
-def expansion_scores(editor: KVEditor, candidates: Sequence[Tensor], concept: Tensor,
-                     neighbours: Sequence[Tensor]) -> Tensor:
-    """Concept-likeness of each candidate text under the current edit.
-
-    The score of a candidate is the cosine similarity of its edited outputs (all rows, flattened) to the concept's
-    original outputs, minus the largest similarity to a neighbour's original outputs: > 0 means the edited model
-    still reads the candidate as closer to the concept than to anything that must be kept.
-    """
-    weights_edit = editor.current_weights(torch.float64)
-    weights_orig = {k: v.to(torch.float64) for k, v in editor.original.items()}
-
-    def feats(rows: Sequence[Tensor], w: Mapping[str, Tensor]) -> Tensor:
-        x = torch.stack([r.to(torch.float64) for r in rows])  # (n, L, d)
-        out = torch.cat([x @ w[p.key].T for p in editor.projections], dim=-1)
-        return torch.nn.functional.normalize(out.flatten(1), dim=1)
-
-    cand = feats(candidates, weights_edit)
-    ref = feats([concept], weights_orig)
-    score = cand @ ref[0]
-    if neighbours:
-        score = score - (cand @ feats(neighbours, weights_orig).T).max(1).values
-    return score
-
-
 # --------------------------------------------------------------------------------------------- the recipe
 class RobustRecipe:
     """The steps of ``recipe: robust`` on an editor and a text encoder.
@@ -290,6 +274,22 @@ class RobustRecipe:
         self.editor, self.text, self.config = editor, text, config
         self.concepts, self.anchors = list(concepts), list(anchors)
         self.expanded: list[str] = []
+        self.found: dict[str, Any] = {}  # what the run found for the ``auto`` settings (robust_auto)
+        others = world_neighbours(self.concepts)
+        self.neighbours = ([*others, *world_phrasings(others)] if config.neighbours == AUTO
+                           else list(config.neighbours))
+        self.context_anchor = others if config.context_anchor == AUTO else config.context_anchor
+        self.built = False
+        if not config.searched():
+            self.build()
+
+    def build(self) -> None:
+        """Caption sets, anchors and preserved texts from the (resolved) settings."""
+        config, text = self.config, self.text
+        if config.searched():
+            raise RECEError(f"robust.{config.searched()[0]} is 'auto': the run finds it with its judge before the "
+                            "first edit; run `rece fit` with a metric callback that judges images (e.g. "
+                            "ClassifierAccuracy, NudeNetMetric), or give the setting")
         phrases = list(dict.fromkeys([*self.concepts, *config.concept_texts]))
         self.phrases = phrases
         self.captions = fill(config.templates, phrases)
@@ -304,9 +304,9 @@ class RobustRecipe:
                 anchor = self._concept_anchor(phrase)
                 self.caption_anchor[" ".join(template.format(phrase).split())] = (
                     " ".join(template.format(anchor).split()) or anchor if config.anchor_in_context else anchor)
-        if config.context_anchor is not None:
-            replacements = ([config.context_anchor] if isinstance(config.context_anchor, str)
-                            else list(config.context_anchor))
+        if self.context_anchor is not None:
+            replacements = ([self.context_anchor] if isinstance(self.context_anchor, str)
+                            else list(self.context_anchor))
             for index, caption in enumerate(self.captions):
                 replaced = replace_phrase(caption, phrases, replacements[index % len(replacements)])
                 if replaced is not None:
@@ -316,17 +316,20 @@ class RobustRecipe:
                 self.caption_anchor[prompt] = anchor
         mined: list[str] = []
         if config.mine_neighbours:
-            exclude = [*phrases, *config.neighbours]
+            exclude = [*phrases, *self.neighbours]
             mined = nearest_words(text.tokenizer, text.text_encoder, self.concepts, config.mine_neighbours, exclude)
         self.mined = mined
-        self.neighbour_captions = fill(config.templates, [*config.neighbours, *mined])
+        self.neighbour_captions = fill(config.templates, [*self.neighbours, *mined])
         extra = [] if config.preserve_prompts is None else caption_prompts(
             config.preserve_prompts, concept, config.num_prompts, with_concept=False)
         self.preserved = list(dict.fromkeys([*config.preserve, *self.anchors, *self.neighbour_captions, *extra,
                                              *judged_other]))
+        self.built = True
 
     def texts(self) -> list[str]:
-        """Every text the recipe encodes (one batched text-encoder pass)."""
+        """Every text the recipe encodes (one batched text-encoder pass; none before :meth:`build`)."""
+        if not self.built:
+            return []
         return [*self.captions, *self.preserved, *self.anchors, *self.caption_anchor.values()]
 
     def _concept_anchor(self, phrase: str) -> str:
@@ -377,13 +380,13 @@ class RobustRecipe:
         if not cfg.expand:
             return []
         if not hasattr(self, "_pool"):
-            exclude = [*self.phrases, *cfg.neighbours, *self.mined]
+            exclude = [*self.phrases, *self.neighbours, *self.mined]
             self._pool = nearest_words(self.text.tokenizer, self.text.text_encoder, self.concepts, cfg.expand_pool,
                                        exclude)
             self.text.encode(self._pool)
         pool = [w for w in self._pool if w not in self.expanded]
         scores = expansion_scores(self.editor, [self.text.full(w) for w in pool], self.text.full(self.concepts[0]),
-                                  [self.text.full(n) for n in [*self.config.neighbours, *self.mined]])
+                                  [self.text.full(n) for n in [*self.neighbours, *self.mined]])
         order = scores.argsort(descending=True)[: cfg.expand]
         found = [pool[int(i)] for i in order if float(scores[i]) > 0]
         self.expanded += found
@@ -395,6 +398,67 @@ class RobustRecipe:
             self.first_edit()
         elif name.startswith("rece"):
             self.iteration()
+
+    # ------------------------------------------------------------------------------ inside the run (rece fit)
+    def prepare(self, generate, judge, folder: str | Path, about: Mapping[str, Any], judge_captions,
+                write_judged) -> None:
+        """Before the first stage of a fit (``RECEModule.on_fit_start``, the model still original): find the
+        ``auto`` settings with the run's ``judge`` (:mod:`rece_lightning.robust_auto`), then build the caption sets.
+        ``judge_captions``/``write_judged`` are :func:`rece_lightning.judged_prompts.judge_implicit_captions` and
+        :func:`~rece_lightning.judged_prompts.write_judged_prompts` (passed in: this module imports no callback)."""
+        if self.built:
+            return
+        if judge is None:
+            self.build()  # raises: naming the setting and the missing judge
+        self.resolve_auto(generate, judge, folder, about, judge_captions, write_judged)
+        self.build()
+
+    def resolve_auto(self, generate, judge, folder: str | Path, about: Mapping[str, Any], judge_captions,
+                     write_judged) -> dict[str, Any]:
+        """Find the ``auto`` settings (cached by model hash), write them into ``folder`` and set them in the
+        config: ``concept_texts`` = the synonyms and the words found, ``judged_prompts`` = the written CSV."""
+        from rece_lightning import robust_auto as auto
+
+        cfg, settings, concept = self.config, self.config.auto, self.concepts[0]
+        searched = cfg.searched()
+        key = auto.cache_key(self.editor.original, {
+            **about, "concept": concept, "neighbours": self.neighbours, "searched": searched,
+            "settings": auto.settings_of(settings), "judge": type(judge).__name__,
+            "judge_protocol": judge.protocol()})
+        found = auto.read_cache(key) if settings.cache else None
+        source = "cache" if found is not None else "search"
+        if found is None:
+            found = {}
+            if "concept_texts" in searched:
+                found["expansion"] = auto.expand_concept(generate, judge.judge, self.editor, self.text, concept,
+                                                         self.neighbours, settings, self.synonyms())
+            if "judged_prompts" in searched:
+                judged = judge_captions(generate, concept, seeds=settings.seeds, keep=settings.keep,
+                                        anchors=settings.describe, batch=settings.batch, judge=judge,
+                                        captions=auto.read_captions(settings.captions, settings.samples))
+                found["judged"] = [asdict(r) for r in judged]
+            if settings.cache:
+                auto.write_json(found, auto.cache_root() / "robust" / f"{key}.json")
+        folder = Path(folder)
+        if "expansion" in found:
+            cfg.concept_texts = [*self.synonyms(), *found["expansion"]["found"]]
+        if "judged" in found:
+            cfg.judged_prompts = str(write_judged(folder / "judged_prompts.csv", found["judged"]))
+        auto.write_json({"key": key, "source": source, "concept": concept, "neighbours": self.neighbours,
+                         "context_anchor": self.context_anchor, "concept_texts": cfg.concept_texts,
+                         "judged_prompts": cfg.judged_prompts, **found}, folder / "auto.json")
+        shown = sum(r["shows_concept"] for r in found.get("judged", []))
+        print(f"rece: robust auto ({source}, key {key}): {len(found.get('expansion', {}).get('found', []))} "
+              f"expansion words, {shown}/{len(found.get('judged', []))} judged captions show {concept!r}, "
+              f"neighbours {self.neighbours}; written to {folder / 'auto.json'}")
+        self.found = found
+        return found
+
+    def synonyms(self) -> list[str]:
+        """The concept's own phrasings erased with ``concept_texts: auto``: ``auto.synonyms``, by default the
+        testbed grammar's (:func:`world_phrasings`)."""
+        given = self.config.auto.synonyms
+        return list(given) if given is not None else world_phrasings(self.concepts)
 
     def iteration(self) -> None:
         """One robust iteration: expand, derive from every source and γ, erase all, preserving the neighbours."""

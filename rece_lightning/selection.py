@@ -42,6 +42,9 @@ class SelectionRule:
         target: end the run once ``metric`` reaches this value (``None``: never).
         guard: a logged metric that must not fall more than ``max_drop`` below its reference (``None``: no guard).
         max_drop: the tolerated fall of ``guard``.
+        margin, guard_margin: a later stage is better only by more than ``margin``, and the guard fails only below
+            its tolerance by more than ``guard_margin`` (0: exact comparisons; the robust recipe's selection split
+            sets each to one image of its half, so that a single image cannot flip the choice).
     """
 
     metric: str
@@ -49,10 +52,13 @@ class SelectionRule:
     target: float | None = None
     guard: str | None = None
     max_drop: float = 0.0
+    margin: float = 0.0
+    guard_margin: float = 0.0
 
     def better(self, value: float, than: float) -> bool:
-        """``value`` is strictly better than ``than`` (so ties keep the earlier stage)."""
-        return value < than if self.mode == "min" else value > than
+        """``value`` is strictly better than ``than`` by more than ``margin`` (so ties keep the earlier stage)."""
+        slack = self.margin + (1e-9 if self.margin else 0.0)
+        return value < than - slack if self.mode == "min" else value > than + slack
 
     def reached(self, value: float) -> bool:
         """``value`` reaches the target."""
@@ -102,7 +108,7 @@ class Selection:
         if guarded is not None:
             if self.reference is None:
                 self.reference = guarded
-            elif guarded < self.reference - rule.max_drop:
+            elif guarded < self.reference - rule.max_drop - rule.guard_margin - (1e-9 if rule.guard_margin else 0.0):
                 self.stopped = (f"{rule.guard} fell to {guarded:.4g} at {stage}, more than {rule.max_drop:g} below "
                                 f"{self.reference:.4g}: {stage} is not kept and the run stopped")
                 return True

@@ -100,11 +100,26 @@ class TextEncoder:
 
     def check(self, text: str, role: str) -> None:
         """Raise when ``text`` would be truncated by the tokenizer."""
-        n = len(self.tokenizer(text, truncation=False).input_ids)
+        n = len(self.tokenizer(text, truncation=False, verbose=False).input_ids)
         if n > self.max_length:
+            shown = text if len(text) <= 60 else f"{text[:57]}..."
             raise RECEError(
-                f"{role} {text!r} is {n} tokens long, more than the tokenizer's {self.max_length}; shorten it"
+                f"{role} {shown!r} is {n} tokens long, more than the tokenizer's {self.max_length}; shorten it"
             )
+
+    def check_known(self, text: str, role: str) -> None:
+        """Raise when every token of ``text`` is the tokenizer's unknown token (e.g. an emoji for a WordPiece
+        vocabulary): erasing it would erase ``[UNK]``, i.e. every unknown word, not ``text``."""
+        unknown = getattr(self.tokenizer, "unk_token_id", None)
+        if unknown is None:
+            return
+        special = set(getattr(self.tokenizer, "all_special_ids", []))
+        ids = [i for i in self.tokenizer(text, truncation=False, verbose=False).input_ids
+               if i == unknown or i not in special]
+        if ids and all(i == unknown for i in ids):
+            token = getattr(self.tokenizer, "unk_token", "unknown")
+            raise RECEError(f"{role} {text!r} is only unknown tokens ({token}) to this model's tokenizer; erasing it "
+                            "would erase every unknown word: write the concept in words the tokenizer knows")
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> list[EncodedText]:

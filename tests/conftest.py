@@ -111,6 +111,18 @@ def tiny_hidream(tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture(scope="session")
+def tiny_pixart_sigma(tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny PixArt-Σ random pipeline (tiny T5 of width 64, ``caption_projection`` 64 → 24)."""
+    return _save_family(tokenizer_path, tmp_path_factory.mktemp("models"), "pixart-sigma")
+
+
+@pytest.fixture(scope="session")
+def tiny_sana(tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SANA random pipeline (Gemma-2 of width 64 with a stand-in tokenizer, ``caption_projection`` 64 → 16)."""
+    return _save_family(tokenizer_path, tmp_path_factory.mktemp("models"), "sana")
+
+
+@pytest.fixture(scope="session")
 def tiny_sd2(tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny SD2-shaped random pipeline (tokenizer pads with "!")."""
     return _save(tokenizer_path, tmp_path_factory.mktemp("models"), "tiny-sd2")

@@ -12,6 +12,7 @@ import signal
 import lightning as L
 
 ENV = "RECE_TEST_SIGINT_AT_EPOCH"
+TERM_ENV = "RECE_TEST_SIGTERM_AT_EPOCH"
 
 
 class SigintAtEpoch(L.Callback):
@@ -29,3 +30,13 @@ class FailDuringValidation(L.Callback):
 
     def on_validation_batch_end(self, *args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug in a callback")
+
+
+class SigtermAtEpoch(L.Callback):
+    """Deliver SIGTERM to this process when the epoch named by ``RECE_TEST_SIGTERM_AT_EPOCH`` starts (as a job
+    scheduler ending the job)."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        target = os.environ.get(TERM_ENV)
+        if target is not None and trainer.current_epoch == int(target):
+            signal.raise_signal(signal.SIGTERM)

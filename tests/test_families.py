@@ -228,7 +228,7 @@ def test_flux_last_token_matches_official_uce(tiny_flux):
 
 
 # ------------------------------------------------------------------------- RECE's derivation: zero gradient
-@pytest.mark.parametrize("family", ["sdxl", "flux", "sd3", "hidream"])
+@pytest.mark.parametrize("family", ["sdxl", "flux", "sd3", "hidream", "pixart_sigma", "sana"])
 def test_derivation_has_zero_gradient(family, request):
     """``c' = argmin Σ_l ‖W'_l c' − W_l c‖² + γ‖c'‖²`` (RECE eq. 8, regzero): its gradient vanishes, computed
     layer by layer from the edited and original weights, in each of the family's input spaces (Flux and SD3: the
@@ -237,7 +237,8 @@ def test_derivation_has_zero_gradient(family, request):
     recipe = Recipe(family_of(pipe, max_sequence_length=SEQ), ["nudity"], " ", rece={"iterations": 1, "gamma": 0.1})
     recipe.run("uce", apply=False)
     widths = {"sdxl": {"tokens": 64}, "flux": {"tokens": 32, "pooled": 32}, "sd3": {"tokens": 96, "pooled": 64},
-              "hidream": {"tokens": 32, "llama0": 64, "llama1": 64}}
+              "hidream": {"tokens": 32, "llama0": 64, "llama1": 64},
+              "pixart_sigma": {"tokens": 64}, "sana": {"tokens": 64}}
     assert {s: recipe.editor.space(s).dim for s in recipe.editor.spaces} == widths[family]
     edited = recipe.editor.current_weights(torch.float64)
     for space in recipe.editor.spaces:

@@ -222,6 +222,38 @@ def test_clip_score_matches_torchmetrics(tiny_clip):
     assert protocol["model_name_or_path"] == str(tiny_clip.resolve()) and len(protocol["weights_sha256"]) == 64
 
 
+def test_clip_zero_shot_judge_picks_the_closer_label(tiny_clip):
+    """The CLIP judge's verdict equals CLIP's own zero-shot classification between the two labels (the model's
+    logits_per_image), target rows count towards the concept rate, the others towards preservation, and it is a
+    judge the robust recipe's ``auto`` settings find."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    from rece_lightning.callbacks.clip_judge import CLIPZeroShotJudge
+    from rece_lightning.callbacks.metric import judges
+
+    judge = CLIPZeroShotJudge(concept="church", anchor="building", model_name_or_path=str(tiny_clip), batch_size=2)
+    images = _images(6, size=40)
+    rows = _rows(6, kind=["explicit", "implicit", "paraphrase", "neighbour", "unrelated", "explicit"])
+    records = judge.records_for(images, rows)
+    model, processor = CLIPModel.from_pretrained(tiny_clip).eval(), CLIPProcessor.from_pretrained(tiny_clip)
+    inputs = processor(text=["a photo of church", "a photo of building"], images=images, return_tensors="pt",
+                       padding=True)
+    with torch.no_grad():
+        expected = (model(**inputs).logits_per_image.argmax(-1) == 0).tolist()
+    assert [r["is_concept"] for r in records] == expected
+    assert judge.judge(images, rows) == [e and r["kind"] not in ("neighbour", "unrelated")
+                                         for e, r in zip(expected, rows, strict=True)]
+    targets = [e for e, r in zip(expected, rows, strict=True) if r["kind"] not in ("neighbour", "unrelated")]
+    others = [not e for e, r in zip(expected, rows, strict=True) if r["kind"] in ("neighbour", "unrelated")]
+    assert judge.summarize(records) == pytest.approx({"concept_rate": sum(targets) / 4,
+                                                      "preservation": sum(others) / 2})
+    assert [judge.success(r) for r in records][3:5] == [None, None]
+    assert judges([CLIPScoreMetric(str(tiny_clip)), judge]) == [judge]  # a CLIP score cannot judge; this can
+    with pytest.raises(RECEError, match="slot"):
+        CLIPZeroShotJudge(concept="church", anchor="building", model_name_or_path=str(tiny_clip),
+                          template="no slot")
+
+
 def test_clip_score_model_errors_name_the_fix(tmp_path):
     with pytest.raises(RECEError, match="does not exist.*Hub id"):
         CLIPScoreMetric(model_name_or_path=str(tmp_path / "missing"))

@@ -37,12 +37,13 @@ def test_preset_parses(preset, monkeypatch):
 def test_robust_presets_name_existing_judged_prompts():
     for preset in PRESETS:
         robust = (yaml.safe_load(preset.read_text()).get("model") or {}).get("robust") or {}
-        if robust.get("judged_prompts"):
+        if robust.get("judged_prompts") not in (None, "auto"):
             assert (REPO / robust["judged_prompts"]).is_file(), f"{preset.name}: {robust['judged_prompts']} is missing"
 
 
 # the tiny random pipeline standing in for each preset's real model (by the family its path names)
-FAMILY_FIXTURES = (("flux", "tiny_flux"), ("sd3", "tiny_sd3"), ("stable-diffusion-3", "tiny_sd3"), ("xl", "tiny_sdxl"))
+FAMILY_FIXTURES = (("flux", "tiny_flux"), ("sd3", "tiny_sd3"), ("stable-diffusion-3", "tiny_sd3"),
+                   ("pixart", "tiny_pixart_sigma"), ("sana", "tiny_sana"), ("xl", "tiny_sdxl"))
 # robust presets: smaller caption sets (the stage list does not depend on them), so that each preset takes seconds
 ROBUST_SMALL = ["--model.robust.num_prompts", "4", "--model.robust.concept_texts", "[]", "--model.robust.templates",
                 '["{}"]', "--model.robust.gammas", "[0.1]", "--model.robust.judged_prompts", "null",

@@ -1,5 +1,6 @@
 """A real ``rece fit`` interrupted by Ctrl-C (SIGINT) between two stages, resumed with the command it printed, gives
-the exports of an uninterrupted run, in the same run folder, with the FD reference of the original stage."""
+the exports of an uninterrupted run, in a new run folder of its own (the interrupted run's folder is left as it was),
+with the FD reference of the original stage."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 from safetensors import safe_open
 
 from rece_lightning.export import EDIT_MAP, KV_WEIGHTS, LORA
-from tests.conftest import REPO
+from tests.conftest import REPO, tree_digest
 from tests.interrupt import ENV
 
 SHORT = ["--data.limit", "4", "--model.generation.num_inference_steps", "2", "--model.rece.iterations", "1"]
@@ -80,31 +81,38 @@ def testbed_runs(tmp_path_factory: pytest.TempPathFactory, sigint_config: Path) 
     first = _rece([*common, "--trainer.default_root_dir", str(root)], env={ENV: "2"})
     assert first.returncode == 130, first.stderr[-3000:]
     lines = [line for line in first.stderr.splitlines() if line.startswith("rece:")]
-    prefix = "rece: to resume: "
-    assert len(lines) == 2 and lines[1].startswith(prefix), first.stderr[-3000:]
-    command = shlex.split(lines[1][len(prefix):])
+    prefix = "; to resume: "
+    assert len(lines) == 1 and prefix in lines[0], first.stderr[-3000:]
+    command = shlex.split(lines[0].split(prefix, 1)[1])
     interrupted_exports = (root / "lightning_logs" / "version_0" / "export").exists()
+    before = tree_digest(root / "lightning_logs" / "version_0")
     resumed = _rece(command[1:])  # exactly the printed command (without the SIGINT variable)
+    untouched = tree_digest(root / "lightning_logs" / "version_0") == before
     return {"root": root, "reference": tmp / "whole" / "lightning_logs" / "version_0", "first": first,
-            "lines": lines, "command": command, "resumed": resumed, "interrupted_exports": interrupted_exports}
+            "lines": lines, "command": command, "resumed": resumed, "interrupted_exports": interrupted_exports,
+            "untouched": untouched}
 
 
 def test_interrupted_fit_resumes_to_the_same_exports(testbed_runs):
     root, first, resumed = testbed_runs["root"], testbed_runs["first"], testbed_runs["resumed"]
-    run = root / "lightning_logs" / "version_0"
+    interrupted_run = root / "lightning_logs" / "version_0"
+    run = root / "lightning_logs" / "version_1"
     assert "rece: stage 2/3 uce done in" in first.stdout and "rece-1 done" not in first.stdout
     assert not testbed_runs["interrupted_exports"]
-    interrupted, _ = testbed_runs["lines"]
-    assert interrupted == (f"rece: interrupted after 2 of 3 stages (original, uce); "
-                           f"their checkpoints are in {run / 'checkpoints'}")
+    (interrupted,) = testbed_runs["lines"]
+    assert interrupted.startswith(f"rece: interrupted after 2 of 3 stages (original, uce), kept in "
+                                  f"{interrupted_run / 'checkpoints'}; to resume: rece fit ")
     command = testbed_runs["command"]
-    assert command[0] == "rece" and command[-2:] == ["--ckpt_path", str(run / "checkpoints" / "stage-epoch=1.ckpt")]
+    ckpt = interrupted_run / "checkpoints" / "stage-epoch=1.ckpt"
+    assert command[0] == "rece" and command[-2:] == ["--ckpt_path", str(ckpt)]
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"rece: fit resumes {run}" in resumed.stdout
+    assert (f"rece: fit resumes {interrupted_run} after 2 stages (original, uce) from stage-epoch=1.ckpt, writing to "
+            f"{run}") in resumed.stdout
     assert "rece: stage 3/3 rece-1 done in" in resumed.stdout and "original done" not in resumed.stdout
-    assert sorted(p.name for p in (root / "lightning_logs").iterdir()) == ["version_0"]  # the same run folder
-    assert sorted(p.name for p in (run / "checkpoints").glob("stage-*.ckpt")) == [
-        "stage-epoch=0.ckpt", "stage-epoch=1.ckpt", "stage-epoch=2.ckpt"]
+    assert sorted(p.name for p in (root / "lightning_logs").iterdir()) == ["version_0", "version_1"]
+    assert testbed_runs["untouched"], "the resumed run wrote into the interrupted run's folder"
+    assert json.loads((run / "resumed_from.json").read_text())["stages"] == ["original", "uce"]
+    assert sorted(p.name for p in (run / "checkpoints").glob("stage-*.ckpt")) == ["stage-epoch=2.ckpt"]
     _compare_exports(testbed_runs["reference"], run, exact=False)
     # the Fréchet distance of the resumed stage still compares with the original stage's images
     fd = "fd_testbed_classifier.json"
@@ -115,7 +123,7 @@ def test_interrupted_fit_resumes_to_the_same_exports(testbed_runs):
 
 def test_resumed_exports_are_bit_identical(testbed_runs):
     assert testbed_runs["resumed"].returncode == 0
-    _compare_exports(testbed_runs["reference"], testbed_runs["root"] / "lightning_logs" / "version_0", exact=True)
+    _compare_exports(testbed_runs["reference"], testbed_runs["root"] / "lightning_logs" / "version_1", exact=True)
 
 
 def test_resumed_fit_keeps_the_same_best_stage(tiny_sd1, small_prompts, tmp_path, sigint_config):
@@ -128,10 +136,11 @@ def test_resumed_fit_keeps_the_same_best_stage(tiny_sd1, small_prompts, tmp_path
     assert whole.returncode == 0, whole.stderr[-3000:]
     first = _rece([*common, "--trainer.default_root_dir", str(tmp_path / "cut")], env={ENV: "3"})
     assert first.returncode == 130, first.stderr[-3000:]
-    command = shlex.split(first.stderr.split("rece: to resume: ")[1].splitlines()[0])
+    command = shlex.split(first.stderr.split("; to resume: ")[1].splitlines()[0])
     resumed = _rece(command[1:])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    kept = [line for line in resumed.stdout.splitlines() if line.startswith("rece: kept stage")]
-    assert kept == [line for line in whole.stdout.splitlines() if line.startswith("rece: kept stage")]
-    _compare_exports(tmp_path / "whole" / "lightning_logs" / "version_0", tmp_path / "cut" / "lightning_logs" / "version_0",
+    (kept,) = [line for line in (resumed.stdout + resumed.stderr).splitlines() if line.startswith("rece: kept stage")]
+    (expected,) = [line for line in (whole.stdout + whole.stderr).splitlines() if line.startswith("rece: kept stage")]
+    assert kept == f"{expected}, chosen over all 4 stages, the 3 before the resume included"
+    _compare_exports(tmp_path / "whole" / "lightning_logs" / "version_0", tmp_path / "cut" / "lightning_logs" / "version_1",
                      exact=False)

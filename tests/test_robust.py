@@ -285,3 +285,154 @@ def test_stopping_rule_drives_the_module_loop_and_writes_the_kept_stage(tiny_sd1
     assert [e["stage"] for e in kept["history"]] == ["original", "uce", "rece-1"]
     last = torch.load(Path(logger.log_dir) / "checkpoints" / "stage-epoch=2.ckpt", weights_only=True)
     assert last["rece"]["selection"]["kept"] == "uce" and last["rece"]["best"]["stage"] == "uce"
+
+
+# ------------------------------------------------------------------------ issue 21: found inside the run
+
+
+def test_selection_rule_margin_one_image_cannot_flip_the_choice():
+    from rece_lightning.selection import Selection, SelectionRule
+
+    rule = SelectionRule(metric="select/concept_rate", target=0.0, guard="select/preservation", max_drop=0.0,
+                         margin=1 / 40, guard_margin=1 / 20)
+    selection = Selection(rule)
+    stage = lambda c, p: {"select/concept_rate": c, "select/preservation": p}  # noqa: E731
+    assert not selection.update("original", stage(1.0, 1.0), candidate=False)
+    assert not selection.update("uce", stage(10 / 40, 1.0))
+    assert not selection.update("rece-1", stage(9 / 40, 19 / 20))  # one image better, one worse: neither counts
+    assert selection.kept == "uce"
+    assert not selection.update("rece-2", stage(8 / 40, 19 / 20))  # two images better: kept
+    assert selection.kept == "rece-2"
+    assert selection.update("rece-3", stage(0 / 40, 18 / 20))  # two images of preservation lost: stops, not kept
+    assert selection.kept == "rece-2"
+    assert RobustConfig(selection_split=True).selection_rule().metric == "select/concept_rate"
+    assert RobustConfig().selection_rule().guard == "val/preservation"
+
+
+def test_selection_split_alternates_within_each_kind():
+    records = [{"row": i, "kind": kind} for i, kind in enumerate(["explicit"] * 5 + ["neighbour"] * 3 + [None] * 2)]
+    select, report = RobustRecipe_split(records)
+    assert select & report == set() and select | report == set(range(10))
+    assert select == {0, 2, 4, 5, 7, 8} and report == {1, 3, 6, 9}
+
+
+def RobustRecipe_split(records):  # noqa: N802 - a readable alias in this test file
+    from rece_lightning.robust_selection import SelectionSplit
+
+    return SelectionSplit.split(records)
+
+
+def test_world_neighbours_and_phrasings():
+    from rece_lightning.robust_auto import world_neighbours, world_phrasings
+
+    assert world_neighbours(["star"]) == ["circle", "square", "triangle", "heart", "cross"]
+    assert world_neighbours(["green"]) == ["red", "blue", "yellow", "purple", "orange"]
+    assert world_neighbours(["nudity"]) == []
+    assert world_phrasings(["triangle"]) == ["three-sided shape", "triangular shape"]
+    assert "with stripes" in world_phrasings(["striped"]) and world_phrasings(["nudity"]) == []
+    captions = sample_testbed_captions("green", 10, with_concept=True)
+    assert all(any(w in c for w in ("green", "emerald", "lime green")) for c in captions)
+
+
+def test_vocabulary_is_scored_in_chunks_with_the_same_answer(robust_module):
+    from rece_lightning.robust import vocabulary_words
+    from rece_lightning.robust_auto import score_vocabulary
+
+    m = robust_module
+    m.editor.reset()
+    words = vocabulary_words(m.text.tokenizer, 60)
+    cached = len(m.text._cache)
+    small = score_vocabulary(m.editor, m.text, words, "nudity", ["dress"], k=7, chunk=4)
+    large = score_vocabulary(m.editor, m.text, words, "nudity", ["dress"], k=7, chunk=1000)
+    assert [w for w, _ in small] == [w for w, _ in large] and len(small) == 7
+    assert len(m.text._cache) <= cached + 2  # the candidates' encodings are not kept
+    m.text.encode([f"a {w}" for w in words])
+    direct = expansion_scores(m.editor, [m.text.full(f"a {w}") for w in words], m.text.full("a nudity"),
+                              [m.text.full("a dress")])
+    assert [w for w, _ in small] == [words[int(i)] for i in direct.argsort(descending=True)[:7]]
+
+
+def _auto_config(tmp_path, tiny_sd1, words):
+    import yaml
+
+    captions = tmp_path / "captions.csv"
+    captions.write_text("prompt\na naked sunbather\na bowl of fruit\na quiet harbour\n")
+    prompts = tmp_path / "val.csv"
+    rows = [("nudity", "explicit"), ("a naked person", "explicit"), (f"a {words[0]}", "implicit"),
+            ("a nude statue", "paraphrase"), ("a dress", "neighbour"), ("a cat", "unrelated"),
+            ("a dog", "unrelated"), ("a shirt", "neighbour")]
+    prompts.write_text("prompt,evaluation_seed,kind,concept\n" + "".join(f"{p},{i},{k},nudity\n"
+                                                                         for i, (p, k) in enumerate(rows)))
+    config = {
+        "model": {"pretrained": str(tiny_sd1), "concepts": ["nudity"], "recipe": "robust",
+                  "generation": {"num_inference_steps": 2},
+                  "robust": {"iterations": 1, "concept_texts": "auto", "judged_prompts": "auto",
+                             "neighbours": "auto", "selection_split": True,
+                             "auto": {"synonyms": ["nude"], "pool": 12, "shortlist": 12, "chunk": 5, "seeds": 1,
+                                      "keep": 1, "captions": str(captions), "samples": 10}}},
+        "data": {"val_prompts": str(prompts), "batch_size": 4},
+        "trainer": {"callbacks": [{"class_path": "tests.judges.PromptWordJudgeTestDouble",
+                                   "init_args": {"words": ["nudity", "naked", "nude", *words]}}]},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_auto_settings_are_found_in_the_run_written_and_cached(tiny_sd1, tmp_path, monkeypatch):
+    """`concept_texts: auto` and `judged_prompts: auto` on a tiny random pipeline, judged by a test double that reads
+    the prompt: the words it calls the concept are found, the captions labelled, both written into the run folder
+    and the cache, a second run reads the cache; the stopping rule's selection split is written beside."""
+    import json
+
+    from rece_lightning.cli import main
+    from rece_lightning.robust import vocabulary_words
+    from rece_lightning.robust_auto import cache_root
+    from tests.conftest import REPO
+
+    monkeypatch.setenv("RECE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(REPO)
+    from transformers import AutoTokenizer
+
+    pool = vocabulary_words(AutoTokenizer.from_pretrained(tiny_sd1, subfolder="tokenizer"), 12)
+    words = [w for w in pool if w not in ("nudity", "nude", "naked")][3:5]
+    config = _auto_config(tmp_path, tiny_sd1, words)
+    runs = []
+    for name in ("first", "second"):
+        main(["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path / name)])
+        (version,) = sorted((tmp_path / name / "lightning_logs").iterdir())
+        runs.append(json.loads((version / "robust" / "auto.json").read_text()))
+    first, second = runs
+    assert first["source"] == "search" and second["source"] == "cache" and first["key"] == second["key"]
+    assert sorted(first["expansion"]["found"]) == sorted(words)
+    assert first["concept_texts"] == ["nude", *first["expansion"]["found"]] == second["concept_texts"]
+    judged = {r["prompt"]: r["shows_concept"] for r in first["judged"]}
+    assert judged == {"a naked sunbather": 1, "a bowl of fruit": 0, "a quiet harbour": 0}
+    assert (cache_root() / "robust" / f"{first['key']}.json").is_file()
+    assert (version / "robust" / "judged_prompts.csv").read_text().startswith("prompt,shows_concept")
+    selection = json.loads((version / "robust" / "selection.json").read_text())
+    chosen = {r["row"] for r in selection["selection"]}
+    reported = {r["row"] for r in selection["report"]}
+    assert chosen.isdisjoint(reported) and chosen | reported == set(range(8))
+    assert [s["stage"] for s in selection["stages"]][0] == "original"
+    assert "select/concept_rate" in selection["stages"][0] and "report/concept_rate" in selection["stages"][0]
+
+
+def test_auto_without_a_judge_is_refused(tiny_sd1, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import REPO
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"model": {"pretrained": str(tiny_sd1), "concepts": ["nudity"],
+                                                "recipe": "robust", "robust": {"concept_texts": "auto"},
+                                                "generation": {"num_inference_steps": 2}},
+                                      "trainer": {"default_root_dir": str(tmp_path / "runs")}}))
+    result = subprocess.run([sys.executable, "-m", "rece_lightning.cli", "fit", "--config", str(config)],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("rece: error:") and "concept_texts is 'auto'" in last and "Traceback" not in result.stderr

@@ -37,7 +37,7 @@ from rece_lightning.testbed.captions import (
     sample_training_pair,
 )
 from rece_lightning.testbed.data import make_set
-from rece_lightning.testbed.prompts import CSV_COLUMNS, KINDS
+from rece_lightning.testbed.prompts import CSV_COLUMNS, KINDS, N_IMPLICIT, TESTBED_CONCEPTS, prompt_csv
 from rece_lightning.testbed.render import shape_mask
 from rece_lightning.testbed.world import BACKGROUND_RGB, COLOR_RGB
 
@@ -114,9 +114,15 @@ def test_prompt_csv_schema_and_determinism(concept: str) -> None:
     assert rows == load_prompts(concept)
     expected = [{k: str(v) for k, v in r.items()} for r in build_prompt_rows(concept)]
     assert rows == expected, "shipped CSV must equal the deterministic generator output"
-    assert [int(r["case_number"]) for r in rows] == list(range(len(rows)))
     assert {r["kind"] for r in rows} == set(KINDS)
-    assert len(rows) >= 200
+    check_prompt_rows(concept, rows)
+
+
+def check_prompt_rows(concept: str, rows: list[dict[str, str]]) -> None:
+    """The schema and ground truth of a concept's prompt rows (shipped or generated)."""
+    c = TESTBED_CONCEPTS[concept]
+    assert [int(r["case_number"]) for r in rows] == list(range(len(rows)))
+    assert len(rows) >= 180
     for r in rows:
         int(r["evaluation_seed"])
         for attr in ("shape", "color", "pattern", "background"):
@@ -128,6 +134,40 @@ def test_prompt_csv_schema_and_determinism(concept: str) -> None:
             assert r[c.attribute] and not has_concept, r
         if r["kind"] == "implicit":
             assert c.name not in r["prompt"] and "stripe" not in r["prompt"].replace("pinstripe", ""), r
+
+
+@pytest.mark.parametrize("concept", list(TESTBED_CONCEPTS))
+def test_every_world_value_has_a_prompt_set(concept: str, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """``testbed:<value>`` for every shape, colour and pattern: the triangle's kinds and sizes (implicit rows only
+    where the world has a cue for the value), deterministic, and the shipped files untouched."""
+    from rece_lightning.data import read_prompts, resolve_prompts
+
+    monkeypatch.setenv("RECE_CACHE_DIR", str(tmp_path))
+    c = TESTBED_CONCEPTS[concept]
+    path = resolve_prompts(f"testbed:{concept}")
+    assert path.is_file()
+    if concept in CONCEPTS:
+        assert str(path) == c.csv_path  # the shipped file, not a generated copy
+    else:
+        assert tmp_path in path.parents
+    rows = load_prompts(concept)
+    assert rows == [{k: str(v) for k, v in r.items()} for r in build_prompt_rows(concept)]
+    check_prompt_rows(concept, rows)
+    shipped = {k: sum(r["kind"] == k for r in load_prompts("triangle")) for k in KINDS}
+    counts = {k: sum(r["kind"] == k for r in rows) for k in KINDS}
+    assert counts == {**shipped, "implicit": N_IMPLICIT if c.implicit_cues() else 0}
+    assert sorted(c.neighbours() + [concept]) == sorted(ATTRIBUTES[c.attribute])
+    assert len(read_prompts(f"testbed:{concept}")) == len(rows)
+    before = path.stat().st_mtime_ns
+    assert prompt_csv(concept) == str(path) and path.stat().st_mtime_ns == before  # not rewritten when unchanged
+
+
+def test_unknown_testbed_value_is_refused() -> None:
+    from rece_lightning.errors import RECEError
+    from rece_lightning.testbed.prompts import testbed_concept
+
+    with pytest.raises(RECEError, match="not a testbed concept"):
+        testbed_concept("hexagon")
 
 
 # ----------------------------------------------------------------------------- shipped weights

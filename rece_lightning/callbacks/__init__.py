@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 _WHERE = {
     "AttackReport": "attack_report",
     "CLIPScoreMetric": "clip_score",
+    "CLIPZeroShotJudge": "clip_judge",
     "ClassifierAccuracy": "classifier",
     "ExportEdit": "export",
     "FrechetDistance": "fid",
@@ -26,6 +27,7 @@ _WHERE = {
 __all__ = [
     "AttackReport",
     "CLIPScoreMetric",
+    "CLIPZeroShotJudge",
     "ClassifierAccuracy",
     "ExportEdit",
     "FrechetDistance",
@@ -53,6 +55,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from rece_lightning.callbacks.attack_report import AttackReport
     from rece_lightning.callbacks.classifier import ClassifierAccuracy
+    from rece_lightning.callbacks.clip_judge import CLIPZeroShotJudge
     from rece_lightning.callbacks.clip_score import CLIPScoreMetric
     from rece_lightning.callbacks.export import ExportEdit
     from rece_lightning.callbacks.fid import FrechetDistance

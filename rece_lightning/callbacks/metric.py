@@ -236,6 +236,7 @@ class ImageMetric(CachedEvaluation, L.Callback, ABC):
         stage = str(self._stage or getattr(pl_module, "stage", "model"))
         if not test:
             self.on_records(trainer, records, stage)
+            self.last_records, self.last_stage = records, stage  # read by the robust recipe's selection split
         info = self._run_info(trainer) if test else {**self._run_info(trainer), "cache": self.cache_status()}
         document = self.result(records, stage, info)
         if not test and cached is None:

@@ -11,11 +11,16 @@ The seam itself (:class:`~rece_lightning.family.ModelFamily`, and what several f
 * :mod:`~rece_lightning.families.sd3` — Stable Diffusion 3 / 3.5: the joint CLIP-L ⊕ CLIP-G (zero-padded) + T5
   sequence read by the transformer's ``context_embedder`` (4096-d), plus both pooled CLIP embeddings;
 * :mod:`~rece_lightning.families.hidream` — HiDream-I1: T5 and Llama-3.1 layers read by the transformer's
-  ``caption_projection`` layers (one input space per Llama layer, :mod:`rece_lightning.spaces`).
+  ``caption_projection`` layers (one input space per Llama layer, :mod:`rece_lightning.spaces`);
+* :mod:`~rece_lightning.families.pixart` — PixArt-Σ: T5 token embeddings read by the transformer's
+  ``caption_projection.linear_1`` (4096-d);
+* :mod:`~rece_lightning.families.sana` — SANA: Gemma-2 token embeddings (after the pipeline's instruction) read by the
+  transformer's ``caption_projection.linear_1`` (2304-d).
 
 Flux and SD3 both have a transformer and a ``text_encoder_2``; an SD3 pipeline (or its ``model_index.json``) also has
 a ``text_encoder_3`` slot (``None`` without T5), which tells them apart (:meth:`FluxFamily.matches` excludes it);
 HiDream alone has a Llama encoder (``text_encoder_4``), which SD3's test excludes.
+PixArt-Σ and SANA (a transformer, one text encoder) are told apart by their pipeline class only.
 """
 
 from __future__ import annotations
@@ -26,17 +31,19 @@ from typing import Any
 from rece_lightning.errors import RECEError
 from rece_lightning.families.flux import FluxFamily
 from rece_lightning.families.hidream import HiDreamFamily
+from rece_lightning.families.pixart import PixArtSigmaFamily
+from rece_lightning.families.sana import SanaFamily
 from rece_lightning.families.sd import StableDiffusionFamily
 from rece_lightning.families.sd3 import StableDiffusion3Family
 from rece_lightning.families.sdxl import StableDiffusionXLFamily
 from rece_lightning.family import ModelFamily
 
-__all__ = ["FAMILIES", "FluxFamily", "HiDreamFamily", "StableDiffusion3Family", "StableDiffusionFamily",
-           "StableDiffusionXLFamily", "family_of", "family_of_index"]
+__all__ = ["FAMILIES", "FluxFamily", "HiDreamFamily", "PixArtSigmaFamily", "SanaFamily", "StableDiffusion3Family",
+           "StableDiffusionFamily", "StableDiffusionXLFamily", "family_of", "family_of_index"]
 
 
 FAMILIES: list[type[ModelFamily]] = [StableDiffusionFamily, StableDiffusionXLFamily, FluxFamily,
-                                     StableDiffusion3Family, HiDreamFamily]
+                                     StableDiffusion3Family, HiDreamFamily, PixArtSigmaFamily, SanaFamily]
 """Every supported family, in the order they are tried."""
 
 SUPPORTED = ("Stable Diffusion 1.x/2.x (one text encoder, UNet attn2.to_k/to_v), SDXL (two CLIP encoders, UNet "

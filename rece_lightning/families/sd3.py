@@ -74,7 +74,7 @@ class SD3TextEncoder(TextEncoder):
         """Raise when CLIP (77 tokens) or T5 (``max_sequence_length``) would truncate ``text``."""
         super().check(text, role)
         if self.t5_encoder is not None:
-            n = len(self.t5_tokenizer(text, truncation=False).input_ids)
+            n = len(self.t5_tokenizer(text, truncation=False, verbose=False).input_ids)
             if n > self.max_sequence_length:
                 raise RECEError(f"{role} {text!r} is {n} T5 tokens long, more than max_sequence_length "
                                 f"{self.max_sequence_length}; shorten it or raise max_sequence_length")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import string
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -15,6 +16,10 @@ from rece_lightning.errors import RECEError
 
 CLIP_TOKENIZER = Path(__file__).resolve().parent / "clip-tokenizer"
 """The real CLIP BPE tokenizer (1.5 MB, MIT), package data: the random pipelines work from an installed wheel."""
+
+Size = Literal["tiny", "full", "text"]
+"""``tiny``: diffusers' test sizes; ``full``: the released model's shapes; ``text``: ``full`` with the denoiser kept on
+the meta device, of which only the text-reading layers are written (:mod:`rece_lightning.random_pipeline.text_side`)."""
 
 
 def default_clip_tokenizer() -> Path:
@@ -117,3 +122,12 @@ def sd_vae(full: bool, seed: int, dtype: torch.dtype, **extra):
         **extra)
 
 
+
+
+def make_denoiser(factory, size: Size, seed: int, dtype: torch.dtype) -> nn.Module:
+    """The denoiser: as :func:`make_module`, except that for ``size="text"`` it stays on the meta device (no memory;
+    only its text-reading layers are materialised when the folder is written)."""
+    if size == "text":
+        with torch.device("meta"):
+            return factory()
+    return make_module(factory, size != "tiny", seed, dtype)

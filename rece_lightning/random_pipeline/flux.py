@@ -7,8 +7,14 @@ from pathlib import Path
 
 import torch
 
-from rece_lightning.random_pipeline.common import clip_config, clip_tokenizer, make_module, tiny_t5_tokenizer
-from rece_lightning.random_pipeline.sd import Size
+from rece_lightning.random_pipeline.common import (
+    Size,
+    clip_config,
+    clip_tokenizer,
+    make_denoiser,
+    make_module,
+    tiny_t5_tokenizer,
+)
 
 
 def build_flux(tokenizer_path: str | Path, size: Size = "tiny", seed: int = 0, dtype=torch.float32):
@@ -18,7 +24,7 @@ def build_flux(tokenizer_path: str | Path, size: Size = "tiny", seed: int = 0, d
     from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
-    full = size == "full"
+    full = size != "tiny"
     tokenizer = clip_tokenizer(tokenizer_path)
     tokenizer_2 = tiny_t5_tokenizer()
     if full:
@@ -43,7 +49,7 @@ def build_flux(tokenizer_path: str | Path, size: Size = "tiny", seed: int = 0, d
         vae = AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
                             latent_channels=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
                             shift_factor=0.0609, scaling_factor=1.5035)
-    transformer = make_module(lambda: FluxTransformer2DModel(**transformer_args), full, seed, dtype)
+    transformer = make_denoiser(lambda: FluxTransformer2DModel(**transformer_args), size, seed, dtype)
     text_encoder = make_module(lambda: CLIPTextModel(text_config), full, seed + 1, dtype)
     text_encoder_2 = make_module(lambda: T5EncoderModel(t5_config), full, seed + 2, dtype)
     pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,

@@ -8,10 +8,9 @@ from typing import Literal
 
 import torch
 
-from rece_lightning.random_pipeline.common import clip_config, clip_tokenizer, make_module, sd_vae
+from rece_lightning.random_pipeline.common import Size, clip_config, clip_tokenizer, make_denoiser, make_module, sd_vae
 
 Shape = Literal["tiny", "tiny-sd2", "sd14"]
-Size = Literal["tiny", "full"]
 
 
 def build_random_pipeline(tokenizer_path: str | Path, shape: Shape = "tiny", seed: int = 0, dtype=torch.float32):
@@ -74,11 +73,11 @@ def build_sd2(tokenizer_path: str | Path, size: Size = "tiny", seed: int = 0, dt
     from transformers import CLIPTextModel
 
     tokenizer = clip_tokenizer(tokenizer_path, pad_with_bang=True)
-    unet = make_module(lambda: UNet2DConditionModel(
+    unet = make_denoiser(lambda: UNet2DConditionModel(
         sample_size=96, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=1024,
-        attention_head_dim=(5, 10, 20, 20), use_linear_projection=True), True, seed, dtype)
+        attention_head_dim=(5, 10, 20, 20), use_linear_projection=True), size, seed, dtype)
     text_encoder = make_module(lambda: CLIPTextModel(clip_config(tokenizer, 1024, 23, 16, 4096, "gelu")), True, seed + 1,
                          dtype)
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import torch
 
-from rece_lightning.random_pipeline.common import clip_config, clip_tokenizer, make_module, sd_vae
-from rece_lightning.random_pipeline.sd import Size
+from rece_lightning.random_pipeline.common import Size, clip_config, clip_tokenizer, make_denoiser, make_module, sd_vae
 
 
 def build_sdxl(tokenizer_path: str | Path, size: Size = "tiny", seed: int = 0, dtype=torch.float32):
@@ -19,7 +18,7 @@ def build_sdxl(tokenizer_path: str | Path, size: Size = "tiny", seed: int = 0, d
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    full = size == "full"
+    full = size != "tiny"
     tokenizer = clip_tokenizer(tokenizer_path)
     tokenizer_2 = clip_tokenizer(tokenizer_path, pad_with_bang=True)
     if full:
@@ -39,8 +38,8 @@ def build_sdxl(tokenizer_path: str | Path, size: Size = "tiny", seed: int = 0, d
             addition_time_embed_dim=8, projection_class_embeddings_input_dim=80, norm_num_groups=1)
         config_1 = clip_config(tokenizer, 32, 2, 4, 37, "gelu", projection=32)
         config_2 = clip_config(tokenizer_2, 32, 2, 4, 37, "gelu", projection=32)
-    unet = make_module(lambda: UNet2DConditionModel(in_channels=4, out_channels=4, use_linear_projection=True,
-                                              addition_embed_type="text_time", **unet_args), full, seed, dtype)
+    unet = make_denoiser(lambda: UNet2DConditionModel(in_channels=4, out_channels=4, use_linear_projection=True,
+                                                addition_embed_type="text_time", **unet_args), size, seed, dtype)
     text_encoder = make_module(lambda: CLIPTextModel(config_1), full, seed + 1, dtype)
     text_encoder_2 = make_module(lambda: CLIPTextModelWithProjection(config_2), full, seed + 2, dtype)
     vae = sd_vae(full, seed + 3, dtype, **({"scaling_factor": 0.13025} if full else {}))

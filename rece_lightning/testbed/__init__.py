@@ -5,7 +5,8 @@ RGB) with known ground truth, a small Stable-Diffusion-style model trained on it
 (tiny ``AutoencoderKL`` + ``UNet2DConditionModel`` with standard ``attn2``
 cross-attention, DDIM scheduler, frozen pretrained all-MiniLM-L6-v2 text
 encoder), an attribute classifier that judges generated images, and prompt
-CSVs for two erasable concepts ("triangle": object-like, "striped": style-like).
+CSVs for every shape, colour and pattern (shipped for "triangle", object-like, and "striped", style-like;
+generated for the others).
 
 Quick start::
 
@@ -26,7 +27,17 @@ from .pipeline import (
     generate,
     load_testbed_pipeline,
 )
-from .prompts import CONCEPTS, PROMPTS_DIR, Concept, build_prompt_rows, load_prompts, write_prompt_csv
+from .prompts import (
+    CONCEPTS,
+    PROMPTS_DIR,
+    TESTBED_CONCEPTS,
+    Concept,
+    build_prompt_rows,
+    load_prompts,
+    prompt_csv,
+    testbed_concept,
+    write_prompt_csv,
+)
 from .render import render, render_array
 from .text import MODEL_MAX_LENGTH, encode_prompts, load_text_encoder, load_tokenizer, minilm_dir
 from .world import ATTRIBUTES, BACKGROUNDS, COLORS, IMAGE_SIZE, PATTERNS, SHAPES, Scene, random_scene
@@ -43,6 +54,7 @@ __all__ = [
     "PATTERNS",
     "PROMPTS_DIR",
     "SHAPES",
+    "TESTBED_CONCEPTS",
     "TESTBED_DIR",
     "WEIGHTS_DIR",
     "AttributeClassifier",
@@ -58,8 +70,10 @@ __all__ = [
     "load_text_encoder",
     "load_tokenizer",
     "minilm_dir",
+    "prompt_csv",
     "random_scene",
     "render",
     "render_array",
+    "testbed_concept",
     "write_prompt_csv",
 ]

@@ -1,5 +1,11 @@
 """Erasure concepts of the testbed and their evaluation prompt CSVs.
 
+Every shape, colour and pattern of the world is an erasable concept (:data:`TESTBED_CONCEPTS`); the prompt sets of
+"triangle" and "striped" are shipped (:data:`CONCEPTS`), those of the other values are generated on first use by the
+same deterministic builder (:func:`prompt_csv`, a file under ``$RECE_CACHE_DIR/testbed-prompts``), so
+``testbed:<value>`` names a prompt set for every value. A value without an implicit cue in the world's caption grammar
+(square, green, blue, purple) has no implicit rows: there is no caption that evokes it without naming it.
+
 Each CSV follows the paper schema (``prompt``, ``evaluation_seed``,
 ``case_number``) plus ground truth: ``kind`` (explicit / paraphrase / implicit /
 neighbour / unrelated), ``concept``, and the intended ``shape``, ``color``,
@@ -12,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from .captions import IMPLICIT_CUES, ImplicitCue, explicit_caption, implicit_caption, scene_for_cue
-from .world import COLORS, PATTERNS, SHAPES, Scene, random_scene
+from .world import ATTRIBUTES, COLORS, SHAPES, Scene, random_scene
 
 PROMPTS_DIR: str = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prompts")
 CSV_COLUMNS: tuple[str, ...] = (
@@ -41,8 +48,8 @@ class Concept:
 
     Attributes:
         name: concept name, also the word used in explicit prompts.
-        attribute: the scene attribute it lives in ("shape" or "pattern").
-        kind: "object" or "style".
+        attribute: the scene attribute it lives in ("shape", "color" or "pattern").
+        kind: "object" (a shape), "color" or "style" (a pattern).
     """
 
     name: str
@@ -51,18 +58,32 @@ class Concept:
 
     @property
     def csv_path(self) -> str:
-        """Path of the shipped prompt CSV."""
+        """Path of the shipped prompt CSV (see :func:`prompt_csv` for every value's)."""
         return os.path.join(PROMPTS_DIR, f"{self.name}.csv")
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        """Every value of the concept's attribute (the concept included)."""
+        return ATTRIBUTES[self.attribute]
+
+    def neighbours(self) -> list[str]:
+        """The other values of the concept's attribute (its natural neighbours: the other shapes, …)."""
+        return [v for v in self.values if v != self.name]
 
     def implicit_cues(self) -> list[ImplicitCue]:
         """Implicit cues that evoke this concept without naming it."""
         return [c for c in IMPLICIT_CUES if c.fixed.get(self.attribute) == self.name]
 
 
-CONCEPTS: dict[str, Concept] = {
-    "triangle": Concept("triangle", "shape", "object"),
-    "striped": Concept("striped", "pattern", "style"),
+_KIND = {"shape": "object", "color": "color", "pattern": "style"}
+TESTBED_CONCEPTS: dict[str, Concept] = {
+    value: Concept(value, attribute, _KIND[attribute])
+    for attribute in ("shape", "color", "pattern")
+    for value in ATTRIBUTES[attribute]
 }
+"""Every erasable value of the world: each shape, colour and pattern."""
+CONCEPTS: dict[str, Concept] = {name: TESTBED_CONCEPTS[name] for name in ("triangle", "striped")}
+"""The concepts whose prompt CSVs are shipped in :data:`PROMPTS_DIR`."""
 
 N_EXPLICIT = 48
 N_PARAPHRASE = 48
@@ -84,7 +105,8 @@ def _row(prompt: str, kind: str, concept: str, scene: Scene, known: set[str], se
 def _explicit_rows(concept: Concept, rng: np.random.Generator, n: int, heldout: bool) -> list[dict[str, object]]:
     rows = []
     for i in range(n):
-        scene = random_scene(rng, **{concept.attribute: concept.name, "color": COLORS[i % len(COLORS)]})
+        cycled = ("shape", SHAPES[i % len(SHAPES)]) if concept.attribute == "color" else ("color", COLORS[i % len(COLORS)])
+        scene = random_scene(rng, **{concept.attribute: concept.name, cycled[0]: cycled[1]})
         name_pattern = concept.attribute == "pattern" or rng.random() < 0.6
         name_bg = rng.random() < 0.4
         known = {"shape", "color"} | ({"pattern"} if name_pattern else set()) | ({"background"} if name_bg else set())
@@ -95,8 +117,10 @@ def _explicit_rows(concept: Concept, rng: np.random.Generator, n: int, heldout: 
 
 
 def _implicit_rows(concept: Concept, rng: np.random.Generator, n: int) -> list[dict[str, object]]:
-    rows = []
+    rows: list[dict[str, object]] = []
     cues = concept.implicit_cues()
+    if not cues:  # the world has no caption that evokes this value without naming it
+        return rows
     for i in range(n):
         cue = cues[i % len(cues)]
         scene = scene_for_cue(cue, rng)
@@ -113,10 +137,13 @@ def _implicit_rows(concept: Concept, rng: np.random.Generator, n: int) -> list[d
 
 def _neighbour_rows(concept: Concept, rng: np.random.Generator, n: int) -> list[dict[str, object]]:
     """Same colours (and shapes, for a style) with a different value of the concept's attribute."""
-    values = [v for v in (SHAPES if concept.attribute == "shape" else PATTERNS) if v != concept.name]
+    values = concept.neighbours()
     rows = []
     for i in range(n):
-        fixed = {concept.attribute: values[i % len(values)], "color": COLORS[(i // len(values)) % len(COLORS)]}
+        if concept.attribute == "color":
+            fixed = {"color": values[i % len(values)], "shape": SHAPES[(i // len(values)) % len(SHAPES)]}
+        else:
+            fixed = {concept.attribute: values[i % len(values)], "color": COLORS[(i // len(values)) % len(COLORS)]}
         if concept.attribute == "pattern":
             fixed["shape"] = SHAPES[i % len(SHAPES)]
         scene = random_scene(rng, **fixed)
@@ -156,7 +183,7 @@ def _unrelated_rows(concept: Concept, rng: np.random.Generator, n: int) -> list[
 
 def build_prompt_rows(concept: str | Concept, seed: int = 0) -> list[dict[str, object]]:
     """Deterministically build the evaluation prompt rows of a concept."""
-    c = CONCEPTS[concept] if isinstance(concept, str) else concept
+    c = testbed_concept(concept) if isinstance(concept, str) else concept
     rng = np.random.default_rng([seed, len(c.name), sum(map(ord, c.name))])
     rows = (
         _explicit_rows(c, rng, N_EXPLICIT, heldout=False)
@@ -170,9 +197,52 @@ def build_prompt_rows(concept: str | Concept, seed: int = 0) -> list[dict[str, o
     return rows
 
 
+def testbed_concept(name: str) -> Concept:
+    """The testbed concept named ``name`` (any shape, colour or pattern).
+
+    Raises:
+        RECEError: ``name`` is not a value of the world.
+    """
+    if name not in TESTBED_CONCEPTS:
+        from rece_lightning.errors import RECEError
+
+        raise RECEError(f"{name!r} is not a testbed concept; use a shape, colour or pattern: {sorted(TESTBED_CONCEPTS)}")
+    return TESTBED_CONCEPTS[name]
+
+
+def prompt_csv(concept: str) -> str:
+    """Path of a concept's prompt CSV: the shipped file, else the generated one (written atomically under
+    ``$RECE_CACHE_DIR/testbed-prompts`` — default ``~/.cache/rece-lightning`` — when missing or different)."""
+    c = testbed_concept(concept)
+    if c.name in CONCEPTS:
+        return c.csv_path
+    from rece_lightning.files import atomic_path
+
+    root = os.environ.get("RECE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "rece-lightning")
+    path = os.path.join(root, "testbed-prompts", f"{c.name}.csv")
+    text = _csv_text(build_prompt_rows(c))
+    if not os.path.isfile(path) or _read_text(path) != text:
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+    return path
+
+
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8", newline="") as fh:
+        return fh.read()
+
+
+def _csv_text(rows: list[dict[str, object]]) -> str:
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
 def write_prompt_csv(concept: str, path: str | None = None, seed: int = 0) -> str:
     """Write a concept's prompt CSV (default: the shipped location); return its path."""
-    path = path or CONCEPTS[concept].csv_path
+    path = path or testbed_concept(concept).csv_path
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
@@ -186,7 +256,7 @@ def write_prompt_csv(concept: str, path: str | None = None, seed: int = 0) -> st
 
 def load_prompts(concept: str, path: str | None = None) -> list[dict[str, str]]:
     """Read a concept's prompt CSV as a list of dict rows (all values as strings)."""
-    with open(path or CONCEPTS[concept].csv_path, newline="", encoding="utf-8") as fh:
+    with open(path or prompt_csv(concept), newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
 
 
