@@ -43,7 +43,8 @@ def test_robust_presets_name_existing_judged_prompts():
 
 # the tiny random pipeline standing in for each preset's real model (by the family its path names)
 FAMILY_FIXTURES = (("flux", "tiny_flux"), ("sd3", "tiny_sd3"), ("stable-diffusion-3", "tiny_sd3"),
-                   ("pixart", "tiny_pixart_sigma"), ("sana", "tiny_sana"), ("xl", "tiny_sdxl"))
+                   ("pixart", "tiny_pixart_sigma"), ("sana", "tiny_sana"), ("hidream", "tiny_hidream"),
+                   ("xl", "tiny_sdxl"))
 # robust presets: smaller caption sets (the stage list does not depend on them), so that each preset takes seconds
 ROBUST_SMALL = ["--model.robust.num_prompts", "4", "--model.robust.concept_texts", "[]", "--model.robust.templates",
                 '["{}"]', "--model.robust.gammas", "[0.1]", "--model.robust.judged_prompts", "null",
