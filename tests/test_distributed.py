@@ -26,19 +26,19 @@ def test_interrupted_evaluation_resumes_without_regenerating(tiny_sd1, tmp_path)
     batch = collate_rows(read_prompts(csv))
     module = RECEModule(pretrained=str(tiny_sd1), concepts=["nudity"],
                         generation={"num_inference_steps": 2, "image_dir": str(tmp_path / "images")})
-    module.on_validation_epoch_start()
+    module._store = module.image_store()  # what on_validation_epoch_start sets up (no Trainer, no cache here)
     first = module._generate_batch(batch)
     assert first["generated"] == 3
     (folder,) = (tmp_path / "images").iterdir()
     assert folder.name.startswith("original-") and len(list(folder.glob("*.png"))) == 3
     (folder / "000001_11.png").unlink()  # as if the run had stopped before this image
-    module.on_validation_epoch_start()
+    module._store = module.image_store()  # what on_validation_epoch_start sets up (no Trainer, no cache here)
     second = module._generate_batch(batch)
     assert second["generated"] == 1
     for a, b in zip(first["images"], second["images"], strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     module.erase()  # a different model state gets its own folder
-    module.on_validation_epoch_start()
+    module._store = module.image_store()  # what on_validation_epoch_start sets up (no Trainer, no cache here)
     assert module._generate_batch(batch)["generated"] == 3
     assert len(list((tmp_path / "images").iterdir())) == 2
 
