@@ -40,6 +40,17 @@ class _Cached:
     value: dict
 
 
+
+@torch.no_grad()
+def relative_change(projections: Sequence[Projection], original: Mapping[str, Tensor]) -> float:
+    """``‖W_model − W₀‖_F / ‖W₀‖_F`` over ``projections``, their current weights against ``original`` (by key)."""
+    diff = total = 0.0
+    for p in projections:
+        w0 = original[p.key].to(p.module.weight.device, torch.float32)
+        diff += float((p.module.weight.float() - w0).square().sum())
+        total += float(w0.square().sum())
+    return (diff / total) ** 0.5 if total else 0.0
+
 class KVEditor:
     """Edits the text-reading projections of a denoiser in closed form; can always undo.
 
@@ -207,12 +218,7 @@ class KVEditor:
     @torch.no_grad()
     def relative_change(self) -> float:
         """``‖W_model − W₀‖_F / ‖W₀‖_F`` over all projections, read from the UNet (after :meth:`apply`)."""
-        diff = total = 0.0
-        for p in self.projections:
-            w0 = self.original[p.key].to(p.module.weight.device, torch.float32)
-            diff += float((p.module.weight.float() - w0).square().sum())
-            total += float(w0.square().sum())
-        return (diff / total) ** 0.5 if total else 0.0
+        return relative_change(self.projections, self.original)
 
     @torch.no_grad()
     def apply(self) -> None:

@@ -31,7 +31,7 @@ from rece_lightning import closed_form
 from rece_lightning.closed_form import Technique
 from rece_lightning.cross_attention import MAIN_SPACE, Kind, Projection, write_weights
 from rece_lightning.edit_state import EditState
-from rece_lightning.editor import KVEditor, LoraLayer
+from rece_lightning.editor import KVEditor, LoraLayer, relative_change
 from rece_lightning.errors import RECEError
 
 __all__ = ["SpacedEditor", "group_by_space"]
@@ -191,14 +191,7 @@ class SpacedEditor:
     @torch.no_grad()
     def relative_change(self) -> float:
         """``‖W_model − W₀‖_F / ‖W₀‖_F`` over every layer of every space."""
-        if len(self.editors) == 1:
-            return self.main.relative_change()
-        diff = total = 0.0
-        for p in self.projections:
-            w0 = self.original[p.key].to(p.module.weight.device, torch.float32)
-            diff += float((p.module.weight.float() - w0).square().sum())
-            total += float(w0.square().sum())
-        return (diff / total) ** 0.5 if total else 0.0
+        return relative_change(self.projections, self.original)
 
     def apply(self) -> None:
         """Fold every space's edit into its layers."""
