@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import subprocess
@@ -15,16 +16,37 @@ import pytest
 from tests.conftest import REPO
 
 
+def _source_files(repo: Path) -> list[str]:
+    """The project's files: git's tracked and unignored ones in a checkout; in a plain copy without ``.git`` (CI tests
+    one), every file whose path matches no ``.gitignore`` pattern."""
+    if (repo / ".git").exists():
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=repo,
+                                capture_output=True, check=True).stdout.decode()
+        return [name for name in listed.split("\0") if name and (repo / name).is_file()]
+    patterns = [line.strip() for line in (repo / ".gitignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+
+    def ignored(relative: str) -> bool:
+        name = relative.rpartition("/")[2]
+        return any(fnmatch.fnmatch(relative, p.strip("/")) if p.startswith("/") else fnmatch.fnmatch(name, p.strip("/"))
+                   for p in patterns)
+
+    found = []
+    for folder, subfolders, names in os.walk(repo):
+        here = "" if Path(folder) == repo else Path(folder).relative_to(repo).as_posix()
+        subfolders[:] = [d for d in subfolders if d != ".git" and not ignored(f"{here}/{d}".lstrip("/"))]
+        found += [f"{here}/{n}".lstrip("/") for n in names if not ignored(f"{here}/{n}".lstrip("/"))]
+    return sorted(found)
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The package built into a wheel from a copy of the tracked files and installed into a bare target folder."""
     root = tmp_path_factory.mktemp("wheel")
     source = root / "source"
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
-    for name in filter(None, tracked.decode().split("\0")):
-        if (REPO / name).is_file():
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            (source / name).write_bytes((REPO / name).read_bytes())
+    for name in _source_files(REPO):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_bytes((REPO / name).read_bytes())
     run = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*run, "wheel", "--no-deps", "--no-build-isolation", "-w", str(root / "dist"), str(source)],
                    check=True, capture_output=True, timeout=600)
