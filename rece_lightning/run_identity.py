@@ -83,7 +83,7 @@ def _file_hash(path: Any) -> str | None:
 def run_identity(config: Any) -> dict[str, Any]:
     """The identity of the run a (parsed, not instantiated) ``rece fit`` config describes, as flat ``{setting:
     value}`` (files also by their SHA-256, e.g. ``data.val_prompts.sha256``)."""
-    from rece_lightning.data import resolve_prompts
+    from rece_lightning.prompts import resolve_prompts
 
     model = _plain(config.get("model")) or {}
     data = _plain(config.get("data")) or {}
