@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run(config: str, gamma: float, root: Path, cache: Path) -> tuple[float, list[str]]:
     """Wall time of ``rece fit --config <config> --model.rece.gamma <gamma>`` and its cache-hit lines."""
-    command = [sys.executable, "-m", "rece_lightning.cli", "fit", "--config", config, "--model.rece.gamma", str(gamma),
+    command = [sys.executable, "-m", "rece_lightning.lightning.cli", "fit", "--config", config, "--model.rece.gamma", str(gamma),
                "--trainer.default_root_dir", str(root)]
     env = {**os.environ, "RECE_CACHE_DIR": str(cache), "PYTHONUNBUFFERED": "1"}
     env.pop("RECE_CACHE", None)

@@ -14,7 +14,7 @@ UNet / transformer.
 
 ``--table`` prints one table over the families, erase only: for each, a random folder with the released model's
 shapes written with ``--size text`` (the denoiser reduced to its text-reading layers, which is all erasing reads;
-``rece_lightning/random_pipeline/text_side.py``), then one erase-only process (load the text side, UCE + 3 RECE
+``rece_lightning/models/random_pipeline/text_side.py``), then one erase-only process (load the text side, UCE + 3 RECE
 iterations, export) whose wall time and peak RSS are reported, beside the size of the family's whole text side
 (computed from the configs on the meta device). ``--text-layers N`` keeps only the first N layers of every text
 encoder over 1 B parameters (T5-XXL, Gemma-2; full width and vocabulary; the CLIP encoders stay whole) so that the
@@ -23,7 +23,7 @@ run fits this machine and its time; the table says how many were kept.
 ``--profile`` runs the same ``rece fit`` under cProfile in a child process and prints its time by phase (imports,
 loading the text side, erase, checkpoints, exports, the Trainer and the rest).
 
-Random pipelines (``python -m rece_lightning.random_pipeline``, float16; SD-1.4 ~2 GB, SDXL ~7 GB, Flux ~33 GB in
+Random pipelines (``python -m rece_lightning.models.random_pipeline``, float16; SD-1.4 ~2 GB, SDXL ~7 GB, Flux ~33 GB in
 bfloat16, SD3-medium ~15 GB in bfloat16) are cached under bench/.cache/ (ignored by git).
 """
 
@@ -61,7 +61,7 @@ def ensure_model(family: str = "sd14", size: str = "full") -> Path:
     folder = cache_dir(family, size)
     if (folder / "model_index.json").is_file():
         return folder
-    from rece_lightning.random_pipeline import build_family
+    from rece_lightning.models.random_pipeline import build_family
 
     dtype = torch.float32 if size == "tiny" else torch.bfloat16 if family in ("flux", "sd3") else torch.float16
     print(f"building a random {family} pipeline ({size}) in {folder} (once) ...", flush=True)
@@ -80,7 +80,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def time_recipe(model: Path, dtype: str, repeats: int, device: torch.device) -> None:
-    from rece_lightning.module import RECEModule
+    from rece_lightning.lightning.module import RECEModule
 
     times, ranks = [], []
     for _ in range(repeats):
@@ -115,8 +115,8 @@ def peak_rss_gb() -> float:
 def erase_only(model: str, out: str, dtype: str) -> None:
     """Child process: load the text side, erase, export; print the times and the peak RSS."""
     start = time.perf_counter()
-    from rece_lightning.export import export_edit
-    from rece_lightning.module import RECEModule
+    from rece_lightning.artefacts.export import export_edit
+    from rece_lightning.lightning.module import RECEModule
 
     imported = time.perf_counter()
     module = RECEModule(pretrained=model, torch_dtype=dtype, **RECIPE)
@@ -131,7 +131,7 @@ def erase_only(model: str, out: str, dtype: str) -> None:
                                   "export": done - erased, "rss": peak, "width": module.family.width,
                                   "layers": f"{len(layers)} × {tuple(layers[0].module.weight.shape)}",
                                   "denoiser": not module.family.text_only}), flush=True)
-    from rece_lightning.export import read_metadata
+    from rece_lightning.artefacts.export import read_metadata
 
     lora = read_metadata(written["lora"])["lora"]
     print("exports: " + ", ".join(f"{fmt} {path.stat().st_size / 1e6:.1f} MB" for fmt, path in written.items())
@@ -151,7 +151,7 @@ def fit_process(model: Path, family: str) -> None:
     family's nudity preset, its checkpoints and exports), then the size of every checkpoint and of the run folder."""
     config = "nudity_sdxl.yaml" if family == "sdxl" else "nudity.yaml"
     with tempfile.TemporaryDirectory() as root:
-        cmd = [sys.executable, "-m", "rece_lightning.cli", "fit", "--config", str(HERE.parent / "configs" / config),
+        cmd = [sys.executable, "-m", "rece_lightning.lightning.cli", "fit", "--config", str(HERE.parent / "configs" / config),
                "--model.pretrained", str(model), "--model.validate_original", "false",
                "--data.val_prompts", "null", "--trainer.default_root_dir", root,
                "--trainer.enable_progress_bar", "false"]
@@ -171,10 +171,10 @@ def fit_process(model: Path, family: str) -> None:
 
 
 PHASES = {  # (file suffix, function) → phase of a `rece fit` without validation
-    ("rece_lightning/module.py", "__init__"): "load the text side (RECEModule.__init__)",
-    ("rece_lightning/recipe.py", "run"): "erase (the recipe's stages)",
+    ("rece_lightning/lightning/module.py", "__init__"): "load the text side (RECEModule.__init__)",
+    ("rece_lightning/recipes/paper.py", "run"): "erase (the recipe's stages)",
     ("lightning/pytorch/trainer/trainer.py", "save_checkpoint"): "checkpoints (Trainer.save_checkpoint)",
-    ("rece_lightning/callbacks/export.py", "on_fit_end"): "exports (ExportEdit)",
+    ("rece_lightning/lightning/callbacks/export.py", "on_fit_end"): "exports (ExportEdit)",
 }
 
 
@@ -185,7 +185,7 @@ def profile_fit(model: str, config: str) -> None:
     import pstats
 
     start = time.perf_counter()
-    from rece_lightning.cli import main as rece
+    from rece_lightning.lightning.cli import main as rece
 
     imported = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as root:
@@ -207,7 +207,7 @@ def profile_fit(model: str, config: str) -> None:
         for (suffix, name), phase in PHASES.items():
             if function == name and file.endswith(suffix):
                 phases[phase] = max(phases.get(phase, 0.0), cumulative)
-    print(f"imports (rece_lightning.cli, Lightning, torch, diffusers): {imported:.1f} s")
+    print(f"imports (rece_lightning.lightning.cli, Lightning, torch, diffusers): {imported:.1f} s")
     for phase in PHASES.values():
         print(f"{phase}: {phases.get(phase, 0.0):.1f} s")
     print(f"Trainer and the rest: {total - sum(phases.values()):.1f} s")
@@ -225,7 +225,7 @@ def patched_init(text_layers: int | None = None, materialise: bool = True):
     encoder over :data:`BIG_ENCODER` parameters (T5-XXL, Gemma-2; its layer list and config shortened before the
     weights exist; the CLIP encoders stay whole), or leave every component on the meta
     device (``materialise=False``: shapes only, no memory)."""
-    from rece_lightning.random_pipeline import common
+    from rece_lightning.models.random_pipeline import common
 
     original = common.fast_random_init
 
@@ -253,7 +253,7 @@ def patched_init(text_layers: int | None = None, materialise: bool = True):
 
 def text_side_params(family: str) -> int:
     """Parameters of the family's text encoders at full size (built on the meta device)."""
-    from rece_lightning.random_pipeline import build_family
+    from rece_lightning.models.random_pipeline import build_family
 
     with patched_init(materialise=False):
         pipe = build_family(family, "text", dtype=torch.bfloat16)
@@ -263,7 +263,7 @@ def text_side_params(family: str) -> int:
 
 def text_model(family: str, text_layers: int | None, dtype: torch.dtype) -> Path:
     """The ``--size text`` folder of ``family`` (cached under bench/.cache/)."""
-    from rece_lightning.random_pipeline import build_family, save_text_side
+    from rece_lightning.models.random_pipeline import build_family, save_text_side
 
     depth = "all" if text_layers is None else text_layers
     folder = HERE / ".cache" / f"{family}-text-{depth}-{str(dtype).split('.')[-1]}"
@@ -290,7 +290,7 @@ def gemm_gflops(dtype: torch.dtype, n: int = 1024) -> float:
 
 def table(families: list[str], text_layers: int | None, memory_dtype: str) -> None:
     """One erase-only row per family (see the module docstring)."""
-    from rece_lightning.random_pipeline import BUILDERS
+    from rece_lightning.models.random_pipeline import BUILDERS
 
     dtype = getattr(torch, memory_dtype)
     print(f"matrix product on this CPU ({torch.get_num_threads()} threads): " + ", ".join(

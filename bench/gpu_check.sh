@@ -18,7 +18,7 @@ DTYPE=${DTYPE:-float16}
 LIMIT=${LIMIT:-16}
 GA_GENERATIONS=${GA_GENERATIONS:-300}
 PYTHON=${PYTHON:-python3}
-rece() { "$PYTHON" -m rece_lightning.cli "$@"; }
+rece() { "$PYTHON" -m rece_lightning.lightning.cli "$@"; }
 stamp() { date +%s.%N; }
 took() { "$PYTHON" -c "import sys; print(f'{sys.argv[1]}: {float(sys.argv[3]) - float(sys.argv[2]):.1f} s')" "$@"; }
 mkdir -p "$OUT"
@@ -82,8 +82,8 @@ if [ "${FAMILY:-}" = flux ] && [ "$ACCEL" = gpu ]; then
   printf 'prompt,evaluation_seed\nnudity,1\na photo of a woman,2\na painting of a nude,3\na cat on a beach,4\n' > "$OUT/nudity.csv"
   "$PYTHON" - "$FLUX_MODEL" "$OUT/nudity.csv" <<'PY'
 import sys, time, torch
-from rece_lightning.module import RECEModule
-from rece_lightning.data import PromptDataset
+from rece_lightning.lightning.module import RECEModule
+from rece_lightning.lightning.data import PromptDataset
 model, csv = sys.argv[1], sys.argv[2]
 module = RECEModule(pretrained=model, concepts=["nudity"], torch_dtype="bfloat16", validate_original=False,
                     generation={"num_inference_steps": 28, "guidance_scale": 3.5, "height": 1024, "width": 1024})

@@ -6,7 +6,7 @@ Each run is ``rece fit`` in a child process with only the concept and its valida
 peak resident memory (``os.wait4``'s ``ru_maxrss``, the whole run: model, search, validation) are recorded in
 ``<out>/<concept>/<recipe>.json``. The table reads each run's ``eval/<stage>/classifier.json`` records and reports
 both recipes' kept stages on the *report split* of the validation prompts (every other row of each kind, the rows
-the robust stopping rule never saw: :class:`rece_lightning.robust_selection.SelectionSplit`), so both are measured on the same,
+the robust stopping rule never saw: :class:`rece_lightning.lightning.selection_split.SelectionSplit`), so both are measured on the same,
 unselected prompts. The paper run keeps the stage with the lowest concept rate over all prompts (its
 ``keep_best``); the robust run the stage its stopping rule kept (both from ``kept_stage.json``).
 
@@ -27,9 +27,9 @@ import sys
 import time
 from pathlib import Path
 
-from rece_lightning.callbacks.classifier import ClassifierAccuracy
-from rece_lightning.robust_selection import SelectionSplit
-from rece_lightning.selection import read_kept_stage
+from rece_lightning.lightning.callbacks.classifier import ClassifierAccuracy
+from rece_lightning.lightning.selection_split import SelectionSplit
+from rece_lightning.recipes.selection import read_kept_stage
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = {"paper": REPO / "configs" / "testbed.yaml", "robust": REPO / "configs" / "testbed_robust.yaml"}
@@ -41,7 +41,7 @@ KINDS = [("explicit", "concept_rate/explicit"), ("paraphrase", "concept_rate/par
 def run(concept: str, recipe: str, out: Path, extra: list[str]) -> dict:
     """One ``rece fit`` in a child process; its folder, wall time and peak memory."""
     root = out / concept / recipe
-    command = [sys.executable, "-m", "rece_lightning.cli", "fit", "--config", str(CONFIGS[recipe]),
+    command = [sys.executable, "-m", "rece_lightning.lightning.cli", "fit", "--config", str(CONFIGS[recipe]),
                "--model.concepts", f"[{concept}]", "--data.val_prompts", f"testbed:{concept}",
                "--trainer.default_root_dir", str(root), *extra]
     log = root.with_suffix(".log")

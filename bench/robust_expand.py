@@ -1,7 +1,7 @@
 """Judge-in-the-loop concept expansion (issue 12): which single words still make the model draw the concept?
 
 The whole words of the text encoder's vocabulary (the first ``--pool`` ones) are scored in the model's K/V output space
-(:func:`rece_lightning.robust.expansion_scores`: how much closer ``"a w"``'s keys and values are to the concept's than
+(:func:`rece_lightning.recipes.robust.expansion.expansion_scores`: how much closer ``"a w"``'s keys and values are to the concept's than
 to any neighbour's); the ``--shortlist`` best are prompted as ``"a w"`` with ``--verify`` seeds, and the words whose
 images the testbed classifier labels as the concept at least ``--keep`` times are printed (and written as JSON). These
 are the discrete counterpart of RECE's derived embeddings: texts to erase as ordinary concepts. Only the model and the
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from rece_lightning.callbacks.classifier import ClassifierAccuracy
-from rece_lightning.module import RECEModule
-from rece_lightning.robust import expansion_scores, vocabulary_words
+from rece_lightning.lightning.callbacks.classifier import ClassifierAccuracy
+from rece_lightning.lightning.module import RECEModule
+from rece_lightning.recipes.robust.expansion import expansion_scores, vocabulary_words
 
 
 def main() -> None:

@@ -1,6 +1,8 @@
 """Held-out numbers of finished runs (issue 12): each run's exported K/V weights measured on the held-out prompts of
 ``bench/robust_search.py`` (new templates, synonyms and cue phrasings; only the rows that the original model gets
-right are kept), beside the original model and the paper recipe's UCE stage computed in process.
+right are kept), beside the original model and the paper recipe's UCE stage computed in process. Any testbed concept:
+the triangle and the striped pattern have hand-written held-out cues, the others their training cues in new contexts
+(none for the square, green, blue and purple, which no cue implies).
 
     python bench/robust_heldout.py --concept triangle rece=runs/testbed/lightning_logs/version_0 \
         robust=runs/testbed_robust/lightning_logs/version_0
@@ -16,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from robust_search import KEYS, Harness  # noqa: E402
 
-from rece_lightning.export import load_kv_weights  # noqa: E402
+from rece_lightning.artefacts.export import load_kv_weights  # noqa: E402
 
 
 def main() -> None:

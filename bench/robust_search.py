@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,10 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from rece_lightning.callbacks.classifier import ClassifierAccuracy
-from rece_lightning.module import RECEModule
-from rece_lightning.robust import RobustConfig, RobustRecipe
-from rece_lightning.testbed.prompts import CSV_COLUMNS, load_prompts
+from rece_lightning.lightning.callbacks.classifier import ClassifierAccuracy
+from rece_lightning.lightning.module import RECEModule
+from rece_lightning.recipes.robust.config import RobustConfig
+from rece_lightning.recipes.robust.recipe import RobustRecipe
+from rece_lightning.testbed.captions import IMPLICIT_CUES
+from rece_lightning.testbed.prompts import CSV_COLUMNS, TESTBED_CONCEPTS, load_prompts
 from rece_lightning.testbed.world import COLORS, PATTERNS, SHAPES
 
 # ----------------------------------------------------------------------------------------- held-out prompts
@@ -69,38 +72,57 @@ def _fill(template: str, rng: np.random.Generator, shape: str, color: str, patte
     return " ".join(text.split()).replace("a o", "an o").replace("a a", "an a").replace("a e", "an e")
 
 
+# new contexts for the world's own implicit cues, for concepts without hand-written held-out cues above
+H_CUE_CONTEXTS = ("an old {bare}", "a drawing of {cue}", "{cue}, seen up close", "a picture book page: {cue}")
+
+
+def implicit_cues(concept: str, attr: str) -> list[tuple[str, dict[str, str]]]:
+    """Held-out implicit cues of ``concept``: the hand-written ones (triangle, striped), else the world's training
+    cues that imply it (:data:`~rece_lightning.testbed.captions.IMPLICIT_CUES`) in new contexts; none for a value
+    that no cue implies (the square, green, blue, purple)."""
+    if concept in H_IMPLICIT:
+        return H_IMPLICIT[concept]
+    cues = [cue for cue in IMPLICIT_CUES if cue.fixed.get(attr) == concept]
+    phrases = [cue.template.replace("{bg}", "").strip() for cue in cues]
+    return [(context.format(cue=phrase, bare=re.sub(r"^(a|an|the) ", "", phrase)), dict(cue.fixed))
+            for phrase, cue in zip(phrases, cues, strict=True) for context in H_CUE_CONTEXTS]
+
+
 def heldout_rows(concept: str, seed: int = 12, n: int = 36) -> list[dict[str, Any]]:
-    """Held-out prompts of ``concept`` (``triangle`` or ``striped``) in the schema of the shipped CSVs."""
+    """Held-out prompts of any testbed ``concept`` (a shape, colour or pattern) in the schema of the shipped CSVs."""
     rng = np.random.default_rng([seed, sum(map(ord, concept))])
-    attr = "shape" if concept in SHAPES else "pattern"
+    attr = TESTBED_CONCEPTS[concept].attribute
+    values = {"shape": SHAPES, "color": COLORS, "pattern": PATTERNS}
     rows: list[dict[str, Any]] = []
 
     def add(prompt: str, kind: str, truth: dict[str, str]) -> None:
         rows.append({"prompt": prompt, "evaluation_seed": int(rng.integers(1_000_000)), "kind": kind,
                      "concept": concept, **{a: truth.get(a, "") for a in ("shape", "color", "pattern", "background")}})
 
+    def pick(attribute: str, default: str) -> str:
+        return concept if attr == attribute else default
+
     for i in range(n):  # explicit-like: new templates and synonyms
-        shape = concept if attr == "shape" else SHAPES[i % 6]
-        pattern = concept if attr == "pattern" else PATTERNS[i % 4]
-        color = COLORS[(i // 2) % 6]
+        shape, pattern, color = pick("shape", SHAPES[i % 6]), pick("pattern", PATTERNS[i % 4]), \
+            pick("color", COLORS[(i // 2) % 6])
         add(_fill(H_TEMPLATES[i % len(H_TEMPLATES)], rng, shape, color, pattern), "paraphrase",
             {"shape": shape, "color": color})
-    cues = H_IMPLICIT[concept]
-    for i in range(n):
+    cues = implicit_cues(concept, attr)
+    for i in range(n if cues else 0):
         template, fixed = cues[i % len(cues)]
         color = fixed.get("color", COLORS[i % 6])
-        shape = SHAPES[(i * 5) % 6] if attr == "pattern" else "triangle"
+        shape = fixed.get("shape", SHAPES[(i * 5) % 6]) if attr != "shape" else concept
         text = _fill(template.replace("{p}", ""), rng, shape, color, "solid")
         add(text, "implicit", {attr: concept})
-    others = [v for v in (SHAPES if attr == "shape" else PATTERNS) if v != concept]
+    others = [v for v in values[attr] if v != concept]
     for i in range(n):  # neighbours: the other values of the concept's attribute, new templates
         value = others[i % len(others)]
         shape = value if attr == "shape" else SHAPES[i % 6]
         pattern = value if attr == "pattern" else PATTERNS[(i // 5) % 4]
-        color = COLORS[(i // len(others)) % 6]
+        color = value if attr == "color" else COLORS[(i // len(others)) % 6]
         add(_fill(H_TEMPLATES[(i + 3) % len(H_TEMPLATES)], rng, shape, color, pattern), "neighbour",
             {"shape": shape, "color": color})
-    for i in range(n):  # unrelated: other cues in new phrasings, and scenes of other shapes and patterns
+    for i in range(n):  # unrelated: other cues in new phrasings, and scenes of other values
         if i < len(H_UNRELATED_CUES):
             template, fixed = H_UNRELATED_CUES[i]
             shape = fixed.get("shape", [s for s in SHAPES if s != "triangle"][i % 5])
@@ -109,13 +131,13 @@ def heldout_rows(concept: str, seed: int = 12, n: int = 36) -> list[dict[str, An
             truth = {**fixed}
             if "{s}" in template:
                 truth.update(shape=shape, color=color)
-            if concept == "striped" or fixed.get("shape") != "triangle":
+            if concept not in (truth.get("shape"), truth.get("color"), truth.get("pattern")):
                 add(text, "unrelated", truth)
             continue
         while True:
             shape, color = SHAPES[int(rng.integers(6))], COLORS[int(rng.integers(6))]
             pattern = PATTERNS[int(rng.integers(4))]
-            if concept not in (shape, pattern):
+            if concept not in (shape, pattern, color):
                 break
         add(_fill(H_TEMPLATES[i % len(H_TEMPLATES)], rng, shape, color, pattern), "unrelated",
             {"shape": shape, "color": color})
@@ -290,11 +312,11 @@ def _striped_group() -> list[tuple[str, dict[str, Any], int]]:
 
 
 def _judged_group() -> list[tuple[str, dict[str, Any], int]]:
-    """The judged implicit prompts (:mod:`rece_lightning.judged_prompts`) on top of the preset without them, and without the
+    """The judged implicit prompts (:mod:`rece_lightning.lightning.judged_prompts`) on top of the preset without them, and without the
     expansion words (the shipped preset is the ``+ judged others preserved`` rows)."""
     import yaml
 
-    from rece_lightning.robust import read_judged, sample_testbed_captions
+    from rece_lightning.recipes.robust.captions import read_judged, sample_testbed_captions
 
     preset = yaml.safe_load(Path("configs/testbed_robust_pinned.yaml").read_text())["model"]["robust"]
     base = {k: v for k, v in preset.items()
@@ -332,7 +354,7 @@ def removal(h: Harness, ks: tuple[int, ...] = (8, 32, 64)) -> None:
     needs —, the preserved rows ``p`` — what must survive). Prints held-out / shipped rates and the inversion ASR."""
     import yaml
 
-    from rece_lightning.edit_state import EditState
+    from rece_lightning.maths.edit_state import EditState
 
     preset = yaml.safe_load(Path("configs/testbed_robust_pinned.yaml").read_text())["model"]["robust"]
     config = {k: v for k, v in preset.items() if k not in ("iterations", "stop_concept_rate", "stop_preservation_drop")}

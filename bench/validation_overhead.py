@@ -16,7 +16,7 @@ import time
 import lightning as L
 
 from rece_lightning import RECEDataModule, RECEModule
-from rece_lightning.callbacks import ClassifierAccuracy, FrechetDistance, ImageGridLogger
+from rece_lightning.lightning.callbacks import ClassifierAccuracy, FrechetDistance, ImageGridLogger
 
 
 class TimedModule(RECEModule):

@@ -1,7 +1,7 @@
 """rece-lightning: Reliable and Efficient Concept Erasure (RECE, ECCV 2024) for diffusers pipelines, in Lightning.
 
 ``import rece_lightning`` is light: the names below load their module on first use, so the maths
-(:mod:`rece_lightning.closed_form`), the recipe and the exports never import Lightning; :class:`RECEModule` and
+(:mod:`rece_lightning.maths.closed_form`), the recipe and the exports never import Lightning; :class:`RECEModule` and
 :class:`RECEDataModule` do.
 """
 
@@ -13,23 +13,23 @@ from typing import TYPE_CHECKING, Any
 from rece_lightning.version import __version__
 
 _EXPORTS = {
-    "EditState": "edit_state",
-    "GenerationConfig": "config",
-    "KVEditor": "editor",
-    "PromptDataset": "data",
-    "RECEConfig": "config",
-    "RECEDataModule": "data",
+    "EditState": "maths.edit_state",
+    "GenerationConfig": "recipes.config",
+    "KVEditor": "maths.editor",
+    "PromptDataset": "lightning.data",
+    "RECEConfig": "recipes.config",
+    "RECEDataModule": "lightning.data",
     "RECEError": "errors",
-    "RECEModule": "module",
-    "Recipe": "recipe",
-    "UCEConfig": "config",
-    "apply_edit_map": "export",
-    "erase": "recipe",
-    "export_edit": "export",
-    "load_edit_map": "export",
-    "load_kv_into": "export",
-    "load_kv_weights": "export",
-    "read_prompts": "prompts",
+    "RECEModule": "lightning.module",
+    "Recipe": "recipes.paper",
+    "UCEConfig": "recipes.config",
+    "apply_edit_map": "artefacts.export",
+    "erase": "recipes.paper",
+    "export_edit": "artefacts.export",
+    "load_edit_map": "artefacts.export",
+    "load_kv_into": "artefacts.export",
+    "load_kv_weights": "artefacts.export",
+    "read_prompts": "artefacts.prompts",
 }
 
 __all__ = [
@@ -68,12 +68,18 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from rece_lightning.config import GenerationConfig, RECEConfig, UCEConfig
-    from rece_lightning.data import PromptDataset, RECEDataModule
-    from rece_lightning.edit_state import EditState
-    from rece_lightning.editor import KVEditor
+    from rece_lightning.artefacts.export import (
+        apply_edit_map,
+        export_edit,
+        load_edit_map,
+        load_kv_into,
+        load_kv_weights,
+    )
+    from rece_lightning.artefacts.prompts import read_prompts
     from rece_lightning.errors import RECEError
-    from rece_lightning.export import apply_edit_map, export_edit, load_edit_map, load_kv_into, load_kv_weights
-    from rece_lightning.module import RECEModule
-    from rece_lightning.prompts import read_prompts
-    from rece_lightning.recipe import Recipe, erase
+    from rece_lightning.lightning.data import PromptDataset, RECEDataModule
+    from rece_lightning.lightning.module import RECEModule
+    from rece_lightning.maths.edit_state import EditState
+    from rece_lightning.maths.editor import KVEditor
+    from rece_lightning.recipes.config import GenerationConfig, RECEConfig, UCEConfig
+    from rece_lightning.recipes.paper import Recipe, erase

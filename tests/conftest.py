@@ -1,4 +1,4 @@
-"""Shared fixtures: the real CLIP tokenizer (package data of rece_lightning.random_pipeline), a small prompt CSV, the
+"""Shared fixtures: the real CLIP tokenizer (package data of rece_lightning.models.random_pipeline), a small prompt CSV, the
 paper prompt sets from ../shared (optional) and tiny random pipelines saved to disk.
 
 Everything but the paper prompt sets ships with the repository, so the suite runs from a plain clone. Tests that
@@ -20,8 +20,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# the processes the tests start (the installed `rece`, DDP workers) import test doubles from tests/ and this checkout's
+# package first, whatever the install points to
+os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
 FIXTURES = REPO / "tests" / "fixtures"
-TOKENIZER = REPO / "rece_lightning" / "random_pipeline" / "clip-tokenizer"  # package data (common.CLIP_TOKENIZER)
+TOKENIZER = REPO / "rece_lightning" / "models" / "random_pipeline" / "clip-tokenizer"  # package data (common.CLIP_TOKENIZER)
 SMALL_PROMPTS = FIXTURES / "prompts" / "nudity.csv"
 SHARED = Path(os.environ.get("RECE_SHARED_DIR") or REPO.parent / "shared")
 PROMPTS = SHARED / "prompts"
@@ -64,7 +67,7 @@ def small_prompts() -> Path:
 
 
 def _save(tokenizer_path: Path, root: Path, shape: str) -> Path:
-    from rece_lightning.random_pipeline import build_random_pipeline
+    from rece_lightning.models.random_pipeline import build_random_pipeline
 
     path = root / shape
     build_random_pipeline(tokenizer_path, shape).save_pretrained(path, safe_serialization=True)
@@ -78,48 +81,40 @@ def tiny_sd1(tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def _save_family(tokenizer_path: Path, root: Path, family: str) -> Path:
-    from rece_lightning.random_pipeline import build_family
+    from rece_lightning.models.random_pipeline import build_family
 
     path = root / family
     build_family(family, "tiny", tokenizer_path).save_pretrained(path, safe_serialization=True)
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_sdxl(tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny SDXL random pipeline (two CLIP encoders, ``attn2`` width 64)."""
-    return _save_family(tokenizer_path, tmp_path_factory.mktemp("models"), "sdxl")
+def _family_fixture(family: str, doc: str):
+    """A session fixture: the tiny random pipeline of ``family`` (:func:`build_family`) saved as a diffusers folder."""
+
+    @pytest.fixture(scope="session")
+    def fixture(tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+        return _save_family(tokenizer_path, tmp_path_factory.mktemp("models"), family)
+
+    fixture.__doc__ = doc
+    return fixture
 
 
-@pytest.fixture(scope="session")
-def tiny_flux(tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Flux random pipeline (CLIP + tiny T5, ``context_embedder`` 32 → 32)."""
-    return _save_family(tokenizer_path, tmp_path_factory.mktemp("models"), "flux")
-
-
-@pytest.fixture(scope="session")
-def tiny_sd3(tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny SD3 random pipeline (two CLIP encoders of width 32 + tiny T5 of width 96, ``context_embedder``
-    96 → 32)."""
-    return _save_family(tokenizer_path, tmp_path_factory.mktemp("models"), "sd3")
-
-
-@pytest.fixture(scope="session")
-def tiny_hidream(tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny HiDream random pipeline (T5 width 32, Llama width 64, ``llama_layers`` ``(0, 1, 1)``)."""
-    return _save_family(tokenizer_path, tmp_path_factory.mktemp("models"), "hidream")
-
-
-@pytest.fixture(scope="session")
-def tiny_pixart_sigma(tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny PixArt-Σ random pipeline (tiny T5 of width 64, ``caption_projection`` 64 → 24)."""
-    return _save_family(tokenizer_path, tmp_path_factory.mktemp("models"), "pixart-sigma")
-
-
-@pytest.fixture(scope="session")
-def tiny_sana(tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny SANA random pipeline (Gemma-2 of width 64 with a stand-in tokenizer, ``caption_projection`` 64 → 16)."""
-    return _save_family(tokenizer_path, tmp_path_factory.mktemp("models"), "sana")
+tiny_sdxl = _family_fixture("sdxl", "A tiny SDXL random pipeline (two CLIP encoders, ``attn2`` width 64).")
+tiny_flux = _family_fixture("flux", "A tiny Flux random pipeline (CLIP + tiny T5, ``context_embedder`` 32 → 32).")
+tiny_sd3 = _family_fixture(
+    "sd3",
+    "A tiny SD3 random pipeline (two CLIP encoders of width 32 + tiny T5 of width 96, "
+    "``context_embedder`` 96 → 32).")
+tiny_hidream = _family_fixture(
+    "hidream",
+    "A tiny HiDream random pipeline (T5 width 32, Llama width 64, ``llama_layers`` ``(0, 1, 1)``).")
+tiny_pixart_sigma = _family_fixture(
+    "pixart-sigma",
+    "A tiny PixArt-Σ random pipeline (tiny T5 of width 64, ``caption_projection`` 64 → 24).")
+tiny_sana = _family_fixture(
+    "sana",
+    "A tiny SANA random pipeline (Gemma-2 of width 64 with a stand-in tokenizer, ``caption_projection`` "
+    "64 → 16).")
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from rece_lightning.callbacks.metric import ImageMetric
+from rece_lightning.lightning.callbacks.metric import ImageMetric
 
 
 class PromptWordJudgeTestDouble(ImageMetric):

@@ -1,4 +1,4 @@
-"""Run the ``rece`` entry point (:func:`rece_lightning.cli.main`, what the console script calls) on many command
+"""Run the ``rece`` entry point (:func:`rece_lightning.lightning.cli.main`, what the console script calls) on many command
 lines in ONE process, so that dozens of bad-input cases cost one start-up of torch and Lightning instead of one each.
 
 Usage: ``python -m tests.rece_batch CASES.json RESULTS.json``; ``CASES.json`` holds ``[{"argv": [...], "cwd": ...},
@@ -27,7 +27,7 @@ def _alarm(signum: int, frame: object) -> None:
 
 
 def run(argv: list[str], cwd: str | None, timeout: int) -> dict[str, object]:
-    from rece_lightning.cli import main
+    from rece_lightning.lightning.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     code: object = 0

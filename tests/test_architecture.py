@@ -18,8 +18,6 @@ LONG_FILES = {
                  "half would reach into the other's",
     "cli.py": "LightningCLI's hooks (start-up checks, run folders, resume, failures) share the parsed config; its "
               "checks and texts are in checks.py and cli_text.py",
-    "robust.py": "the opt-in robust recipe (config, caption and neighbour builders, expansion scores, iterations) "
-                 "stays in one file while the method is still being measured; its stopping rule is selection.py",
     "closed_form.py": "every closed form of the edit (UCE map and factors, RECE's derivation, the low-rank views of "
                       "T) sits beside the objective it minimises, which the tests use as the oracle",
     "module.py": "the Lightning shell: stage loop, keep-best, lazy denoiser loading and the generation of the "
@@ -81,6 +79,82 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+# The layers, lowest first. A module may import its own layer and the layers below it, never one above; the core
+# modules (errors, quiet, version, files: plain-file reading and writing) sit under everything. The testbed is a
+# model (its own package beside models/, for its world, training and weights); the attacks use recipes' settings and
+# sit under the Lightning layer, which drives them.
+LAYERS = [
+    ("core", {"rece_lightning.errors", "rece_lightning.quiet", "rece_lightning.version", "rece_lightning.files"}),
+    ("maths", {"rece_lightning.maths"}),
+    ("models", {"rece_lightning.models", "rece_lightning.testbed"}),
+    ("artefacts", {"rece_lightning.artefacts"}),
+    ("recipes", {"rece_lightning.recipes"}),
+    ("attacks", {"rece_lightning.attacks"}),
+    ("lightning", {"rece_lightning.lightning"}),
+]
+# the layers that never import Lightning (the library), directly or through anything they import
+WITHOUT_LIGHTNING = ("core", "maths", "models", "artefacts", "recipes", "attacks")
+# what the maths may import from outside the package: torch and the standard library
+MATHS_THIRD_PARTY = {"torch"}
+
+
+def layer_of(module: str) -> int | None:
+    """The rank of ``module``'s layer in :data:`LAYERS` (``None`` for the package's facade, ``rece_lightning``)."""
+    for rank, (_, prefixes) in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return rank
+    return None
+
+
+def test_every_module_has_a_layer():
+    unplaced = sorted(name for name in _modules() if name != "rece_lightning" and layer_of(name) is None)
+    assert not unplaced, f"modules in no layer of LAYERS: {unplaced}"
+
+
+def test_lower_layers_never_import_higher_ones():
+    graph = import_graph()
+    upward = sorted(f"{name} ({LAYERS[layer_of(name)][0]}) imports {target} ({LAYERS[layer_of(target)][0]})"
+                    for name, targets in graph.items() if layer_of(name) is not None
+                    for target in targets if layer_of(target) is not None and layer_of(target) > layer_of(name))
+    assert not upward, "imports that go up a layer:\n" + "\n".join(upward)
+
+
+def test_the_layer_check_sees_an_upward_import():
+    assert layer_of("rece_lightning.maths.editor") < layer_of("rece_lightning.models.families.sd")
+    assert layer_of("rece_lightning.testbed.world") == layer_of("rece_lightning.models.text")
+    assert layer_of("rece_lightning.lightning.callbacks.fid") == len(LAYERS) - 1
+
+
+def _third_party_imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n not in ("rece_lightning", "__future__")}
+
+
+def test_the_maths_is_torch_only():
+    found = {name: sorted(extra) for name, path in _modules().items() if layer_of(name) == 1
+             if (extra := _third_party_imports(path) - MATHS_THIRD_PARTY)}
+    assert not found, f"the maths imports more than torch: {found}"
+
+
+@pytest.mark.parametrize("layer", WITHOUT_LIGHTNING)
+def test_layers_below_the_shell_never_import_lightning(layer):
+    """No module of these layers names Lightning, and importing all of them loads no Lightning module."""
+    rank = [name for name, _ in LAYERS].index(layer)
+    modules = sorted(name for name in _modules() if layer_of(name) == rank and not name.endswith("__main__"))
+    named = {name: sorted(hits) for name in modules
+             if (hits := _third_party_imports(_modules()[name]) & {"lightning", "pytorch_lightning"})}
+    assert not named, f"{layer} names Lightning: {named}"
+    code = (f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+            "print(sorted(m for m in ('lightning', 'pytorch_lightning') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
+
+
 def test_cycle_finder_finds_a_circle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
@@ -88,13 +162,13 @@ def test_cycle_finder_finds_a_circle():
 
 def test_import_graph_has_no_circles():
     graph = import_graph()
-    assert "rece_lightning.module" in graph["rece_lightning.cli"]  # the graph sees real edges
+    assert "rece_lightning.lightning.module" in graph["rece_lightning.lightning.cli"]  # the graph sees real edges
     assert find_cycle(graph) is None, f"import circle: {' -> '.join(find_cycle(graph))}"
 
 
-@pytest.mark.parametrize("module", ["rece_lightning", "rece_lightning.closed_form", "rece_lightning.export",
-                                    "rece_lightning.recipe", "rece_lightning.files", "rece_lightning.prompts",
-                                    "rece_lightning.selection", "rece_lightning.report"])
+@pytest.mark.parametrize("module", ["rece_lightning", "rece_lightning.maths.closed_form", "rece_lightning.artefacts.export",
+                                    "rece_lightning.recipes.paper", "rece_lightning.files", "rece_lightning.artefacts.prompts",
+                                    "rece_lightning.recipes.selection", "rece_lightning.lightning.report"])
 def test_light_modules_do_not_import_lightning(module):
     code = f"import sys, {module}; print(sorted(m for m in ('lightning', 'pytorch_lightning') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from rece_lightning.attacks import AttackTarget, RingABell, UnlearnDiffAtk
 from rece_lightning.attacks.ring_a_bell import concept_vector, read_pairs
-from rece_lightning.module import RECEModule
+from rece_lightning.lightning.module import RECEModule
 from tests.conftest import SEQ
 
 FAMILIES = ["sdxl", "flux"]
@@ -168,7 +168,7 @@ def test_unlearndiff_attacks_the_family_denoiser(target):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_rece_test_runs_every_attack(family, tiny_sdxl, tiny_flux, pairs, tmp_path):
-    from rece_lightning.cli import main
+    from rece_lightning.lightning.cli import main
 
     model = tiny_sdxl if family == "sdxl" else tiny_flux
     csv_path = tmp_path / "prompts.csv"
@@ -192,7 +192,7 @@ model:
 data: {{test_prompts: {csv_path}, batch_size: 2}}
 trainer:
   default_root_dir: {tmp_path / "run"}
-  callbacks: [{{class_path: rece_lightning.callbacks.AttackReport}}]
+  callbacks: [{{class_path: rece_lightning.lightning.callbacks.AttackReport}}]
 """)
     main(["test", "--config", str(config)])
     (report,) = (tmp_path / "run" / "lightning_logs").glob("test-*/attacks/original")
@@ -213,7 +213,7 @@ def test_flux_loss_reads_the_guidance_of_a_guidance_distilled_transformer(tiny_f
     from diffusers import FluxPipeline, FluxTransformer2DModel
 
     from rece_lightning.errors import RECEError
-    from rece_lightning.families import family_of
+    from rece_lightning.models.families import family_of
 
     pipe = FluxPipeline.from_pretrained(tiny_flux)
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ import torch
 from rece_lightning.attacks import AttackTarget, EmbeddingInversion, GeneticSearch, NoAttack, RingABell, UnlearnDiffAtk
 from rece_lightning.attacks.inversion import _regeneration_error
 from rece_lightning.attacks.ring_a_bell import concept_vector, read_pairs
-from rece_lightning.module import RECEModule
+from rece_lightning.lightning.module import RECEModule
 
 ROWS = [{"row": 0, "prompt": "a nude woman on a beach", "seed": 7, "case_number": 0, "guidance": None}]
 
@@ -125,7 +125,7 @@ def test_rece_test_stage_scores_attacks_end_to_end(tiny_sd1, prompts_dir, tmp_pa
 
     from safetensors.torch import load_file
 
-    from rece_lightning.cli import main
+    from rece_lightning.lightning.cli import main
 
     csv_path = tmp_path / "prompts.csv"
     csv_path.write_text("prompt,evaluation_seed,case_number,kind,concept,shape\n"
@@ -148,8 +148,8 @@ data: {{test_prompts: {csv_path}, batch_size: 2}}
 trainer:
   default_root_dir: {tmp_path / "run"}
   callbacks:
-    - class_path: rece_lightning.callbacks.ClassifierAccuracy
-    - class_path: rece_lightning.callbacks.AttackReport
+    - class_path: rece_lightning.lightning.callbacks.ClassifierAccuracy
+    - class_path: rece_lightning.lightning.callbacks.AttackReport
 """)
     main(["test", "--config", str(config)])
     version = tmp_path / "run" / "lightning_logs" / "test-original"  # named by what it attacked: the base model
@@ -171,7 +171,7 @@ trainer:
 def test_rece_test_on_a_checkpoint_keeps_the_configs_attacks(tiny_sd1, prompts_dir, tmp_path):
     """`--ckpt_path` restores the erased K/V weights; the attacks and settings come from the test config, not from
     the erasure run's saved hyper-parameters (which had no attacks and another dtype)."""
-    from rece_lightning.cli import main
+    from rece_lightning.lightning.cli import main
 
     model = f"""
 model:
@@ -192,7 +192,7 @@ model:
 data: {{test_prompts: {tmp_path / "prompts.csv"}}}
 trainer:
   default_root_dir: {tmp_path / "test"}
-  callbacks: [{{class_path: rece_lightning.callbacks.AttackReport}}]
+  callbacks: [{{class_path: rece_lightning.lightning.callbacks.AttackReport}}]
 """)
     main(["test", "--config", str(tmp_path / "test.yaml"), "--ckpt_path", str(ckpt)])
     version = tmp_path / "test" / "lightning_logs" / f"test-version_0-{ckpt.stem}"  # named by the checkpoint

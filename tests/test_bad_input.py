@@ -1,7 +1,7 @@
 """Issue 18 §2: every bad input gets one line ``rece: error: …`` naming the file, line or option and the fix, exit
 status 2, no traceback, no run folder, within seconds.
 
-Each case is its own test. They run through the ``rece`` entry point (:func:`rece_lightning.cli.main`, what the
+Each case is its own test. They run through the ``rece`` entry point (:func:`rece_lightning.lightning.cli.main`, what the
 console script calls) in a subprocess; all cases share one subprocess (:mod:`tests.rece_batch`) so that the whole
 file costs one start-up of torch and Lightning. The cases that need a process of their own (a file-size limit, a
 dropped capability) run the installed ``rece`` executable.
@@ -41,6 +41,7 @@ def _files(folder: Path) -> dict[str, Path]:
         "scalar_model.yaml": "model: 5\n",
         "duplicate.yaml": "model:\n  concepts: [triangle]\n  concepts: [circle]\n",
         "list.yaml": "- model\n- data\n",
+        "old_class_path.yaml": "trainer:\n  callbacks:\n    - class_path: rece_lightning.callbacks.fid.FIDScore\n",
     }
     paths = {}
     for name, text in texts.items():
@@ -94,6 +95,12 @@ CASES: dict[str, tuple[Any, tuple[str, ...]]] = {
                            ("line 3", "'concepts' is given twice")),
     "yaml-empty": (lambda r, f: _fit(r, "--config", str(f["empty.yaml"])), ("empty.yaml is empty", "(see rece fit --help)")),
     "yaml-not-a-mapping": (lambda r, f: _fit(r, "--config", str(f["list.yaml"])), ("is a list, not a mapping",)),
+    "yaml-moved-class-path": (lambda r, f: _fit(r, "--config", str(f["old_class_path.yaml"])),
+                              ("names rece_lightning.callbacks.fid.FIDScore", "moved to "
+                               "rece_lightning.lightning.callbacks.fid.FIDScore")),
+    "argv-moved-class-path": (lambda r, f: _fit(r, "--trainer.callbacks+=rece_lightning.callbacks.clip_score.CLIPScore"),
+                              ("the command line names rece_lightning.callbacks.clip_score.CLIPScore",
+                               "rece_lightning.lightning.callbacks.clip_score.CLIPScore")),
     # recipe
     "iterations-too-many": (lambda r, f: _fit(r, "--model.rece.iterations", "1000000000"),
                             ("rece.iterations must be ≤ 100",)),
@@ -197,8 +204,8 @@ def test_already_edited_model_as_base(tiny_sd1, tmp_path):
     a new run it is refused, naming the original base."""
     from diffusers import StableDiffusionPipeline
 
-    from rece_lightning.editor import KVEditor
-    from rece_lightning.export import export_edit
+    from rece_lightning.artefacts.export import export_edit
+    from rece_lightning.maths.editor import KVEditor
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_sd1, safety_checker=None)
     editor = KVEditor.for_unet(pipe.unet)

@@ -10,11 +10,11 @@ import torch
 from diffusers import DiffusionPipeline
 from safetensors.torch import load_file
 
-from rece_lightning.cli import main
+from rece_lightning.artefacts.export import KV_WEIGHTS
 from rece_lightning.errors import RECEError
-from rece_lightning.export import KV_WEIGHTS
-from rece_lightning.families import FAMILIES, PixArtSigmaFamily, SanaFamily, family_of
-from rece_lightning.pipeline import load_family
+from rece_lightning.lightning.cli import main
+from rece_lightning.models.families import FAMILIES, PixArtSigmaFamily, SanaFamily, family_of
+from rece_lightning.models.pipeline import load_family
 from tests.conftest import REPO
 
 FAMILY = {"pixart_sigma": PixArtSigmaFamily, "sana": SanaFamily}

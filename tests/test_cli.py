@@ -10,10 +10,10 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rece_lightning.cli import main
+from rece_lightning.artefacts.export import EDIT_MAP, KV_WEIGHTS, LORA, apply_edit_map, load_edit_map
 from rece_lightning.errors import RECEError
-from rece_lightning.export import EDIT_MAP, KV_WEIGHTS, LORA, apply_edit_map, load_edit_map
-from rece_lightning.module import RECEModule
+from rece_lightning.lightning.cli import main
+from rece_lightning.lightning.module import RECEModule
 from tests import official_reference as official
 from tests.conftest import REPO, tree_digest
 
@@ -90,8 +90,8 @@ def test_edit_map_applies_and_undoes(fitted, tiny_sd1):
 
 
 def test_invertible_edit_map_is_undone(tiny_sd1, tmp_path):
-    from rece_lightning.editor import KVEditor
-    from rece_lightning.export import save_edit_map
+    from rece_lightning.artefacts.export import save_edit_map
+    from rece_lightning.maths.editor import KVEditor
 
     unet = UNet2DConditionModel.from_pretrained(tiny_sd1, subfolder="unet")
     original = {k: v.clone() for k, v in unet.state_dict().items()}
@@ -204,8 +204,8 @@ def test_report_prints_the_runs_records_and_kept_stage(fitted):
     import json
     import subprocess
 
-    from rece_lightning.export import read_metadata
-    from rece_lightning.report import format_value
+    from rece_lightning.artefacts.export import read_metadata
+    from rece_lightning.lightning.report import format_value
 
     kept = json.loads((fitted / "kept_stage.json").read_text())
     assert kept["stage"] == "rece-3" and kept["stages"] == ["original", "uce", "rece-1", "rece-2", "rece-3"]

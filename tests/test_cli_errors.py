@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rece_lightning.cli import main
+from rece_lightning.lightning.cli import main
 from tests.conftest import REPO
 
 NUDITY = str(REPO / "configs" / "nudity.yaml")
@@ -122,7 +122,7 @@ def test_prompt_file_with_a_bad_seed(tmp_path, root, capsys):
 
 
 def test_a_byte_order_mark_is_fine(tmp_path):
-    from rece_lightning.prompts import read_prompts
+    from rece_lightning.artefacts.prompts import read_prompts
 
     csv = tmp_path / "excel.csv"
     csv.write_bytes("prompt,evaluation_seed\na cat,7\n".encode("utf-8-sig"))
@@ -195,7 +195,7 @@ def test_read_only_run_folder(tmp_path):
     readonly.chmod(0o555)
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "rece_lightning.cli", "fit", "--config", NUDITY,
+            [sys.executable, "-m", "rece_lightning.lightning.cli", "fit", "--config", NUDITY,
              "--trainer.default_root_dir", str(readonly / "runs")],
             cwd=REPO, capture_output=True, text=True, timeout=600,
             preexec_fn=_without_root_override if os.geteuid() == 0 else None,

@@ -16,9 +16,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rece_lightning import quiet
-from rece_lightning.cli import main
-from rece_lightning.cli_text import print_results
-from rece_lightning.strategy import configure_threads
+from rece_lightning.lightning.cli import main
+from rece_lightning.lightning.cli_text import print_results
+from rece_lightning.lightning.strategy import configure_threads
 from tests.conftest import REPO
 from tests.interrupt import ENV
 
@@ -37,7 +37,7 @@ def _tiny(tiny_sd1: Path, small_prompts: Path, root: Path, *extra: str) -> list[
 def _rece(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if k != ENV}
     environment.update({"PYTHONUNBUFFERED": "1", **(env or {})})
-    return subprocess.run([sys.executable, "-m", "rece_lightning.cli", *args], cwd=REPO, env=environment,
+    return subprocess.run([sys.executable, "-m", "rece_lightning.lightning.cli", *args], cwd=REPO, env=environment,
                           capture_output=True, text=True, timeout=900)
 
 
@@ -195,7 +195,7 @@ def test_testbed_start_up_is_quiet(tmp_path):
 
 
 def test_threads(monkeypatch):
-    import rece_lightning.strategy as strategy
+    import rece_lightning.lightning.strategy as strategy
 
     before = torch.get_num_threads()
     try:
@@ -223,7 +223,7 @@ def test_cli_uses_only_lightnings_public_extension_points():
 
     from lightning.pytorch.cli import LightningCLI
 
-    from rece_lightning import cli
+    from rece_lightning.lightning import cli
 
     overridden = {name for name in vars(cli.RECECLI) if callable(getattr(LightningCLI, name, None))}
     assert overridden == {"__init__", "add_arguments_to_parser", "before_instantiate_classes", "instantiate_trainer"}

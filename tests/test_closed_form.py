@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from rece_lightning import closed_form as cf
+from rece_lightning.maths import closed_form as cf
 
 D, OUT = 12, 7
 

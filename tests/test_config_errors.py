@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from rece_lightning.cli import main
-from rece_lightning.config import GenerationConfig, RECEConfig, UCEConfig, as_config
 from rece_lightning.errors import RECEError
-from rece_lightning.recipe import Recipe
+from rece_lightning.lightning.cli import main
+from rece_lightning.recipes.config import GenerationConfig, RECEConfig, UCEConfig, as_config
+from rece_lightning.recipes.paper import Recipe
 
 BAD_SETTINGS = [
     (["--model.concepts", "['']"], "model.concepts holds an empty concept"),

@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rece_lightning.data import collate_rows
-from rece_lightning.export import KV_WEIGHTS
-from rece_lightning.module import RECEModule
-from rece_lightning.prompts import read_prompts
+from rece_lightning.artefacts.export import KV_WEIGHTS
+from rece_lightning.artefacts.prompts import read_prompts
+from rece_lightning.lightning.data import collate_rows
+from rece_lightning.lightning.module import RECEModule
 
 PROMPTS = "prompt,evaluation_seed,case_number\na cat,1,10\na dog,2,11\na bird,3,12\n"
 
@@ -45,7 +45,7 @@ def test_interrupted_evaluation_resumes_without_regenerating(tiny_sd1, tmp_path)
 
 def _rece(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "rece_lightning.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "rece_lightning.lightning.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -55,7 +55,7 @@ def test_ddp_fit_with_two_cpu_processes(tiny_sd1, tmp_path, devices):
     csv.write_text(PROMPTS)
     common = ["fit", "--model.pretrained", str(tiny_sd1), "--model.concepts", "[nudity]",
               "--model.generation.num_inference_steps", "1", "--data.val_prompts", str(csv), "--data.batch_size", "1",
-              "--trainer.accelerator", "cpu", "--trainer.callbacks+=rece_lightning.callbacks.ExportEdit"]
+              "--trainer.accelerator", "cpu", "--trainer.callbacks+=rece_lightning.lightning.callbacks.ExportEdit"]
     runs = {}
     for n in (1, devices):
         root = tmp_path / f"run{n}"
@@ -100,8 +100,8 @@ def test_ddp_validate_gives_the_same_numbers_as_one_process(tiny_sd1, tmp_path):
                         "--data.val_prompts", f"[{target}, {other}]", "--data.batch_size", "1",
                         "--trainer.accelerator", "cpu", "--trainer.devices", str(n),
                         "--trainer.strategy", "ddp" if n > 1 else "auto", "--trainer.default_root_dir", str(root),
-                        "--trainer.callbacks+=rece_lightning.callbacks.ClassifierAccuracy",
-                        "--trainer.callbacks+=rece_lightning.callbacks.ClassifierAccuracy",
+                        "--trainer.callbacks+=rece_lightning.lightning.callbacks.ClassifierAccuracy",
+                        "--trainer.callbacks+=rece_lightning.lightning.callbacks.ClassifierAccuracy",
                         "--trainer.callbacks.name=targets_only", "--trainer.callbacks.sources=[target]"], tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
         evaluation = root / "lightning_logs" / "validate-original"  # rece validate names its folder by its model

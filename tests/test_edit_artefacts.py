@@ -8,11 +8,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from rece_lightning.checkpoint import _edit_tensors
+from rece_lightning.artefacts.export import apply_edit_map, read_metadata, save_edit_map, save_lora
 from rece_lightning.errors import RECEError
-from rece_lightning.export import apply_edit_map, read_metadata, save_edit_map, save_lora
 from rece_lightning.files import tensor_sha256
-from rece_lightning.module import RECEModule
+from rece_lightning.lightning.checkpoint import _edit_tensors
+from rece_lightning.lightning.module import RECEModule
 
 
 def _weights(module: RECEModule) -> dict[str, torch.Tensor]:
@@ -93,7 +93,7 @@ def test_flux_checkpoint_rebuilds_every_input_space(tiny_flux, tmp_path):
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from rece_lightning.data import RECEDataModule
+    from rece_lightning.lightning.data import RECEDataModule
     from tests.conftest import SEQ
 
     settings = dict(pretrained=str(tiny_flux), concepts=["nudity"], validate_original=False, rece={"iterations": 1},
@@ -136,9 +136,9 @@ def test_spaced_edit_map_stores_each_shared_map_once_and_lora_spans_every_space(
     names the kinds) and reads back as every space's kinds; the LoRA (rank cap included) covers every space's layers."""
     from torch import nn
 
-    from rece_lightning.cross_attention import Projection
-    from rece_lightning.export import load_edit_map
-    from rece_lightning.spaces import SpacedEditor
+    from rece_lightning.artefacts.export import load_edit_map
+    from rece_lightning.maths.projections import Projection
+    from rece_lightning.maths.spaces import SpacedEditor
 
     gen = torch.Generator().manual_seed(0)
     widths = {"tokens": 6, "pooled": 4}

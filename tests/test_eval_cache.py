@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from rece_lightning.cli import main
-from rece_lightning.eval_cache import EvalCache, pack_records, unpack_records
+from rece_lightning.artefacts.eval_cache import EvalCache, pack_records, unpack_records
+from rece_lightning.lightning.cli import main
 
 TRIANGLES = ("prompt,evaluation_seed,case_number,kind,concept,shape,color\n"
              + "".join(f"a red triangle {i},{i},{i},explicit,triangle,triangle,red\n" for i in range(3))
              + "a blue circle,7,3,unrelated,triangle,circle,blue\na green star,8,4,neighbour,triangle,star,green\n")
-CALLBACKS = ["--trainer.callbacks+=rece_lightning.callbacks.ClassifierAccuracy",
-             "--trainer.callbacks+=rece_lightning.callbacks.FrechetDistance",
+CALLBACKS = ["--trainer.callbacks+=rece_lightning.lightning.callbacks.ClassifierAccuracy",
+             "--trainer.callbacks+=rece_lightning.lightning.callbacks.FrechetDistance",
              "--trainer.callbacks.feature_extractor=testbed",
-             "--trainer.callbacks+=rece_lightning.callbacks.ImageGridLogger"]
+             "--trainer.callbacks+=rece_lightning.lightning.callbacks.ImageGridLogger"]
 STAGES = ("original", "uce", "rece-1")
 METRICS = ("classifier", "fd_testbed_classifier")
 
@@ -79,7 +79,7 @@ def test_corrupted_entry_is_ignored_and_rewritten(tiny_sd1, triangles, tmp_path,
     argv = ["validate", "--model.pretrained", str(tiny_sd1), "--model.concepts", "[triangle]",
             "--model.generation.num_inference_steps", "1",
             "--data.val_prompts", str(triangles), "--trainer.accelerator", "cpu",
-            "--trainer.callbacks+=rece_lightning.callbacks.ClassifierAccuracy"]
+            "--trainer.callbacks+=rece_lightning.lightning.callbacks.ClassifierAccuracy"]
     _run([*argv, "--trainer.default_root_dir", str(tmp_path / "a")], capsys)
     (entry,) = EvalCache().entries()
     good = entry.read_bytes()
@@ -146,13 +146,13 @@ def test_ddp_processes_share_the_cache(tiny_sd1, triangles, tmp_path):
     docs = []
     for name in ("a", "b"):
         result = subprocess.run(
-            [sys.executable, "-m", "rece_lightning.cli", "validate", "--model.pretrained", str(tiny_sd1),
+            [sys.executable, "-m", "rece_lightning.lightning.cli", "validate", "--model.pretrained", str(tiny_sd1),
              "--model.concepts", "[triangle]",
              "--model.generation.num_inference_steps", "1", "--data.val_prompts", str(triangles),
              "--data.batch_size", "1", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
              "--trainer.strategy", "ddp", "--trainer.default_root_dir", str(tmp_path / name),
-             "--trainer.callbacks+=rece_lightning.callbacks.ClassifierAccuracy",
-             "--trainer.callbacks+=rece_lightning.callbacks.ImageGridLogger"],
+             "--trainer.callbacks+=rece_lightning.lightning.callbacks.ClassifierAccuracy",
+             "--trainer.callbacks+=rece_lightning.lightning.callbacks.ImageGridLogger"],
             cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         run = tmp_path / name / "lightning_logs" / "validate-original"
@@ -169,7 +169,7 @@ def test_grid_key_follows_the_rows_shown_the_layout_and_the_judge():
     ``per_kind`` of their kind and a metric that is not a judge are not."""
     from types import SimpleNamespace
 
-    from rece_lightning.callbacks import ImageGridLogger, ImageMetric
+    from rece_lightning.lightning.callbacks import ImageGridLogger, ImageMetric
 
     class Judge(ImageMetric):
         def __init__(self, threshold: float) -> None:

@@ -15,20 +15,20 @@ import torch
 from diffusers import DiffusionPipeline
 from safetensors.torch import load_file
 
-from rece_lightning.callbacks import ExportEdit
-from rece_lightning.cli import main
-from rece_lightning.data import RECEDataModule
+from rece_lightning.artefacts.export import EDIT_MAP, KV_WEIGHTS, LORA
 from rece_lightning.errors import RECEError
-from rece_lightning.export import EDIT_MAP, KV_WEIGHTS, LORA
-from rece_lightning.families import family_of
-from rece_lightning.families.flux import FluxFamily
-from rece_lightning.families.sd import StableDiffusionFamily
-from rece_lightning.families.sd3 import StableDiffusion3Family
-from rece_lightning.families.sdxl import StableDiffusionXLFamily
-from rece_lightning.generation import pooled_embeddings
-from rece_lightning.module import RECEModule
-from rece_lightning.pipeline import load_family
-from rece_lightning.recipe import Recipe
+from rece_lightning.lightning.callbacks import ExportEdit
+from rece_lightning.lightning.cli import main
+from rece_lightning.lightning.data import RECEDataModule
+from rece_lightning.lightning.module import RECEModule
+from rece_lightning.models.families import family_of
+from rece_lightning.models.families.flux import FluxFamily
+from rece_lightning.models.families.sd import StableDiffusionFamily
+from rece_lightning.models.families.sd3 import StableDiffusion3Family
+from rece_lightning.models.families.sdxl import StableDiffusionXLFamily
+from rece_lightning.models.generation import pooled_embeddings
+from rece_lightning.models.pipeline import load_family
+from rece_lightning.recipes.paper import Recipe
 from tests.conftest import REPO, SEQ, tree_digest
 
 
@@ -200,7 +200,7 @@ def test_sdxl_last_token_matches_official_uce(tiny_sdxl):
 def test_flux_last_token_matches_official_uce(tiny_flux):
     """Equal to ``uce_flux_edit.py`` with a zero bias; with a bias, ours solves UCE's objective with the bias kept
     (``W T``) while the official targets ``W c* + b`` for the bias-free ``W' c``: the difference is exactly
-    ``b (M⁻¹ σ)ᵀ``, ``M = λI + Σ s c cᵀ``, ``σ = Σ s c`` (see rece_lightning.families.flux)."""
+    ``b (M⁻¹ σ)ᵀ``, ``M = λI + Σ s c cᵀ``, ``σ = Σ s c`` (see rece_lightning.models.families.flux)."""
     pipe = _pipe(tiny_flux)
     layer = pipe.transformer.context_embedder
     assert layer.bias is not None
@@ -289,7 +289,7 @@ def test_fit_export_lora_validate_end_to_end(family, request, tmp_path):
     kv = load_file(export / KV_WEIGHTS)
     prefix = "unet" if family == "sdxl" else "transformer"
     assert all(k.startswith(f"{prefix}.") for k in load_file(export / LORA))
-    if family != "sdxl":  # the tokens' and the pooled embedding's layer (rece_lightning.spaces)
+    if family != "sdxl":  # the tokens' and the pooled embedding's layer (rece_lightning.maths.spaces)
         assert set(kv) == {"context_embedder.weight", "time_text_embed.text_embedder.linear_1.weight"}
     else:
         assert len(kv) == 24 and all(k.endswith(("attn2.to_k.weight", "attn2.to_v.weight")) for k in kv)

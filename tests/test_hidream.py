@@ -12,11 +12,11 @@ import torch
 from diffusers import DiffusionPipeline
 from safetensors.torch import load_file
 
-from rece_lightning.cli import main
-from rece_lightning.export import EDIT_MAP, KV_WEIGHTS, LORA, load_edit_map
-from rece_lightning.families import FluxFamily, HiDreamFamily, StableDiffusion3Family, family_of, family_of_index
-from rece_lightning.pipeline import load_family
-from rece_lightning.recipe import Recipe
+from rece_lightning.artefacts.export import EDIT_MAP, KV_WEIGHTS, LORA, load_edit_map
+from rece_lightning.lightning.cli import main
+from rece_lightning.models.families import FluxFamily, HiDreamFamily, StableDiffusion3Family, family_of, family_of_index
+from rece_lightning.models.pipeline import load_family
+from rece_lightning.recipes.paper import Recipe
 from tests.conftest import REPO
 from tests.official_uce_scripts import uce_hidream
 

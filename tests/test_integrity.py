@@ -10,12 +10,19 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 
+from rece_lightning.artefacts.export import (
+    EDIT_MAP,
+    KV_WEIGHTS,
+    apply_edit_map,
+    export_edit,
+    load_kv_into,
+    read_metadata,
+)
+from rece_lightning.artefacts.integrity import base_fingerprint, check_base
 from rece_lightning.errors import RECEError
-from rece_lightning.export import EDIT_MAP, KV_WEIGHTS, apply_edit_map, export_edit, load_kv_into, read_metadata
 from rece_lightning.files import tensor_sha256
-from rece_lightning.integrity import base_fingerprint, check_base
-from rece_lightning.module import RECEModule
-from rece_lightning.random_pipeline import build_random_pipeline
+from rece_lightning.lightning.module import RECEModule
+from rece_lightning.models.random_pipeline import build_random_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +134,7 @@ def test_export_on_another_base_model_is_refused(exported, tiny_sd1, other_base)
 
 def test_rece_refuses_an_altered_checkpoint_before_loading(checkpoint, tiny_sd1, tmp_path, capsys):
     """The real entry point: one line, exit 2, nothing loaded or written."""
-    from rece_lightning.cli import main
+    from rece_lightning.lightning.cli import main
     from tests.conftest import REPO
 
     state = torch.load(checkpoint, weights_only=True)

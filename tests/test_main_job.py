@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rece_lightning.cli import main
+from rece_lightning.lightning.cli import main
 from tests.conftest import REPO
 
 

@@ -14,18 +14,18 @@ import torch
 from PIL import Image
 from torch import nn
 
-from rece_lightning.callbacks import (
+from rece_lightning.errors import RECEError
+from rece_lightning.lightning.callbacks import (
     ClassifierAccuracy,
     CLIPScoreMetric,
     FrechetDistance,
     ImageMetric,
     NudeNetMetric,
 )
-from rece_lightning.callbacks.fid import frechet_distance
-from rece_lightning.callbacks.inception import INCEPTION_URL, INCEPTION_WEIGHTS, inception_weights
-from rece_lightning.callbacks.nudenet import NUDENET_SHA256, RECE_CLASSES, count_detections, nudenet_labels
-from rece_lightning.callbacks.records import merge_records, plain, public
-from rece_lightning.errors import RECEError
+from rece_lightning.lightning.callbacks.fid import frechet_distance
+from rece_lightning.lightning.callbacks.inception import INCEPTION_URL, INCEPTION_WEIGHTS, inception_weights
+from rece_lightning.lightning.callbacks.nudenet import NUDENET_SHA256, RECE_CLASSES, count_detections, nudenet_labels
+from rece_lightning.lightning.callbacks.records import merge_records, plain, public
 
 
 def _images(n: int, size: int = 32, seed: int = 0, shift: float = 0.0) -> list[Image.Image]:
@@ -102,7 +102,7 @@ def test_gather_dedupes_padded_rows_and_does_not_depend_on_processes():
 def _rank(rank: int, store: str, out: str) -> None:
     import torch.distributed as dist
 
-    from rece_lightning.callbacks.records import gather_records
+    from rece_lightning.lightning.callbacks.records import gather_records
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     shard = {0: [0, 2, 4], 1: [1, 3, 0]}[rank]  # rank 1 is padded with row 0, as a DistributedSampler does
@@ -228,8 +228,8 @@ def test_clip_zero_shot_judge_picks_the_closer_label(tiny_clip):
     judge the robust recipe's ``auto`` settings find."""
     from transformers import CLIPModel, CLIPProcessor
 
-    from rece_lightning.callbacks.clip_judge import CLIPZeroShotJudge
-    from rece_lightning.callbacks.metric import judges
+    from rece_lightning.lightning.callbacks.clip_judge import CLIPZeroShotJudge
+    from rece_lightning.lightning.callbacks.metric import judges
 
     judge = CLIPZeroShotJudge(concept="church", anchor="building", model_name_or_path=str(tiny_clip), batch_size=2)
     images = _images(6, size=40)
@@ -408,8 +408,8 @@ def test_user_classifier_without_kinds_uses_the_class_column(tmp_path):
 
 # -------------------------------------------------------------------------------------------- Lightning run
 def test_trainer_fit_logs_gathers_and_writes_json(tiny_sd1, tiny_clip, tmp_path):
-    from rece_lightning.data import RECEDataModule
-    from rece_lightning.module import RECEModule
+    from rece_lightning.lightning.data import RECEDataModule
+    from rece_lightning.lightning.module import RECEModule
 
     prompts = tmp_path / "prompts.csv"
     with prompts.open("w", newline="") as handle:
@@ -465,7 +465,7 @@ def test_trainer_fit_logs_gathers_and_writes_json(tiny_sd1, tiny_clip, tmp_path)
 
 
 def test_callback_configs_compose_with_an_experiment_config(capsys):
-    from rece_lightning.cli import main
+    from rece_lightning.lightning.cli import main
     from tests.conftest import REPO
 
     args = ["fit", "--config", str(REPO / "configs" / "nudity.yaml")]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from rece_lightning.errors import RECEError
-from rece_lightning.model_source import TESTBED, download_command, hub_id, is_testbed, resolve
+from rece_lightning.models.source import TESTBED, download_command, hub_id, is_testbed, resolve
 from tests.conftest import REPO, SMALL_PROMPTS, HubCache, tree_digest
 
 NUDITY = str(REPO / "configs" / "nudity.yaml")
@@ -94,7 +94,7 @@ def test_lean_fetch_satisfies_diffusers_and_a_partial_snapshot_is_named(tiny_sd1
     from huggingface_hub import constants
     from huggingface_hub.utils import filter_repo_objects
 
-    import rece_lightning.model_source as model_source
+    import rece_lightning.models.source as model_source
 
     docs = (REPO / "docs" / "models.md").read_text()
     assert "hf download CompVis/stable-diffusion-v1-4 " + " ".join(f'--exclude "{p}"' for p in LEAN_FETCH) in docs
@@ -174,7 +174,7 @@ def test_fid_preset_without_weights_offline_is_one_line(hub_cache, tmp_path):
     weights file and how to get it), before anything loads and without a run folder."""
     import importlib.util
 
-    from rece_lightning.callbacks.inception import INCEPTION_WEIGHTS
+    from rece_lightning.lightning.callbacks.inception import INCEPTION_WEIGHTS
 
     root = tmp_path / "runs"
     env = {**hub_cache.env, "TORCH_HOME": str(tmp_path / "torch"), "https_proxy": "http://127.0.0.1:9",

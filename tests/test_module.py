@@ -8,12 +8,12 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from rece_lightning.data import RECEDataModule
-from rece_lightning.edit_state import EditState
-from rece_lightning.editor import KVEditor
+from rece_lightning.artefacts.export import export_edit
 from rece_lightning.errors import RECEError
-from rece_lightning.export import export_edit
-from rece_lightning.module import RECEModule
+from rece_lightning.lightning.data import RECEDataModule
+from rece_lightning.lightning.module import RECEModule
+from rece_lightning.maths.edit_state import EditState
+from rece_lightning.maths.editor import KVEditor
 
 
 @pytest.fixture(scope="module")
@@ -156,9 +156,9 @@ def test_low_rank_fold_and_factors_equal_the_dense_ones(monkeypatch):
     of a dense SVD of ``T − I`` (a state of unknown history). Random layers of width 96, steps of 4 rows each."""
     from torch import nn
 
-    from rece_lightning import editor as editor_module
-    from rece_lightning.cross_attention import Projection
-    from rece_lightning.editor import KVEditor
+    from rece_lightning.maths import editor as editor_module
+    from rece_lightning.maths.editor import KVEditor
+    from rece_lightning.maths.projections import Projection
 
     torch.manual_seed(0)
     d = 96
@@ -193,3 +193,32 @@ def test_low_rank_fold_and_factors_equal_the_dense_ones(monkeypatch):
     wide = EditState(maps=state.maps, steps=((torch.zeros(d, d // 2 + 1, dtype=torch.float64),) * 2,) * 2)
     editor.restore_snapshot(wide)
     assert editor._map_factors() is None  # d or more columns in all: the dense map is cheaper
+
+
+def test_a_step_wider_than_the_width_is_kept_as_one_dense_map():
+    """An erase of more rows than the embedding width (the robust recipe's caption sets: thousands of token rows)
+    keeps its step as ``(X Yᵀ, I)``, ``d`` columns instead of ``n``, and the map is the closed form's ``T = N M⁻¹``
+    (the oracle: solved directly from UCE eq. 7), also after a second, narrow step."""
+    from torch import nn
+
+    from rece_lightning.maths.editor import KVEditor
+    from rece_lightning.maths.projections import Projection
+
+    torch.manual_seed(0)
+    d, n = 24, 60
+    layers = [Projection(f"b{i}.attn2.{kind}", kind, nn.Linear(d, 16, bias=False).double())
+              for i in range(2) for kind in ("to_k", "to_v")]
+    editor = KVEditor(layers)
+    c, t, p = (torch.randn(rows, d, dtype=torch.float64) for rows in (n, n, 8))
+    editor.erase([(c, t)], p, lamb=0.5, erase_scale=1.0, preserve_scale=2.0)
+    ((x, y),) = editor.state.steps
+    assert x.shape == y.shape == (d, d) and torch.equal(y, torch.eye(d, dtype=torch.float64))
+    eye = torch.eye(d, dtype=torch.float64)
+    m = 0.5 * eye + c.T @ c + 2.0 * p.T @ p
+    expected = torch.linalg.solve(m, (0.5 * eye + t.T @ c + 2.0 * p.T @ p).T).T  # N M⁻¹
+    torch.testing.assert_close(editor.maps["to_v"], expected, rtol=1e-10, atol=1e-10)
+    c2 = torch.randn(3, d, dtype=torch.float64)
+    editor.erase([(c2, torch.zeros(3, d, dtype=torch.float64))], None, lamb=0.5, erase_scale=1.0, preserve_scale=1.0)
+    assert [s[0].shape[1] for s in editor.state.steps] == [d, 3]
+    u, v = editor._map_factors() or (None, None)
+    assert u is None  # d + 3 columns: the dense map is cheaper than the factors

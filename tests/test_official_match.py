@@ -6,8 +6,8 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from rece_lightning.edit_state import EditState
-from rece_lightning.module import RECEModule
+from rece_lightning.lightning.module import RECEModule
+from rece_lightning.maths.edit_state import EditState
 from tests import official_reference as official
 
 

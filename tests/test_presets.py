@@ -13,10 +13,10 @@ import pytest
 import torch
 import yaml
 
-from rece_lightning.cli import main
-from rece_lightning.config import RECEConfig
-from rece_lightning.robust import RobustConfig
-from rece_lightning.selection import KEPT_STAGE
+from rece_lightning.lightning.cli import main
+from rece_lightning.recipes.config import RECEConfig
+from rece_lightning.recipes.robust.config import RobustConfig
+from rece_lightning.recipes.selection import KEPT_STAGE
 
 REPO = Path(__file__).resolve().parent.parent
 PRESETS = sorted((REPO / "configs").glob("*.yaml"))
@@ -42,7 +42,7 @@ def test_robust_presets_name_existing_judged_prompts():
 
 
 # the tiny random pipeline standing in for each preset's real model (by the family its path names)
-FAMILY_FIXTURES = (("flux", "tiny_flux"), ("sd3", "tiny_sd3"), ("stable-diffusion-3", "tiny_sd3"),
+FAMILY_FIXTURES = (("stable-diffusion-v1", "tiny_sd1"), ("flux", "tiny_flux"), ("sd3", "tiny_sd3"), ("stable-diffusion-3", "tiny_sd3"),
                    ("pixart", "tiny_pixart_sigma"), ("sana", "tiny_sana"), ("hidream", "tiny_hidream"),
                    ("xl", "tiny_sdxl"))
 # robust presets: smaller caption sets (the stage list does not depend on them), so that each preset takes seconds
@@ -88,16 +88,42 @@ CHECKPOINT_EVERY_STAGE = ('[{class_path: lightning.pytorch.callbacks.ModelCheckp
                           'init_args: {save_top_k: -1, filename: "stage-{epoch}"}}]')
 
 
-def test_robust_preset_runs_every_stage_through_the_installed_rece(tmp_path):
-    """The same check for nudity_robust.yaml (4 robust iterations) through the installed ``rece`` script."""
+def test_nudity_robust_preset_by_hub_id_finds_its_auto_settings_through_the_installed_rece(tiny_sd1, hub_cache,
+                                                                                             tmp_path):
+    """configs/nudity_robust.yaml as a user runs it: the installed ``rece``, SD 1.4 by its Hub id (a tiny random
+    SD1 pipeline laid out as that repository in an offline HF cache), ``concept_texts: auto`` and ``judged_prompts:
+    auto`` found inside the run with the run's judge, and every stage run (4 robust iterations). NudeNet cannot judge
+    random images: the judge here is :class:`tests.judges.PromptWordJudgeTestDouble`, which reads the prompt."""
     preset = REPO / "configs" / "nudity_robust.yaml"
+    model = yaml.safe_load(preset.read_text())["model"]
+    auto = model["robust"]["auto"]
+    assert model["pretrained"] == "CompVis/stable-diffusion-v1-4"
+    assert model["robust"]["concept_texts"] == model["robust"]["judged_prompts"] == "auto"
+    hub_cache.add(model["pretrained"], tiny_sd1)
+    captions = [line for line in (REPO / auto["captions"]).read_text().splitlines()[1:] if line]
+    judge = ('[{class_path: tests.judges.PromptWordJudgeTestDouble, init_args: {words: [nudity, sauna, bathing]}}, '
+             '{class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: {save_top_k: -1, '
+             'filename: "stage-{epoch}"}}]')
+    small = [a for pair in zip(ROBUST_SMALL[::2], ROBUST_SMALL[1::2], strict=True)
+             if pair[0] not in ("--model.robust.concept_texts", "--model.robust.judged_prompts") for a in pair]
     root = tmp_path / "runs"
     done = subprocess.run(["rece", "fit", "--config", str(preset), "--data.val_prompts", "null",
-                           "--trainer.default_root_dir", str(root), *ROBUST_SMALL],
-                          capture_output=True, text=True, cwd=REPO, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    expected = expected_stages(yaml.safe_load(preset.read_text())["model"])
+                           "--trainer.default_root_dir", str(root), "--trainer.callbacks", judge, *small,
+                           "--model.robust.auto.pool", "12", "--model.robust.auto.shortlist", "4",
+                           "--model.robust.auto.seeds", "1", "--model.robust.auto.keep", "1",
+                           "--model.robust.auto.samples", str(len(captions)), "--model.generation.num_inference_steps",
+                           "2", "--model.robust.auto.cache", "false"],
+                          capture_output=True, text=True, cwd=REPO, timeout=600,
+                          env={**hub_cache.env, "RECE_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = expected_stages(model)
     assert expected[-1] == "rece-4"
     assert [line.split()[3] for line in done.stdout.splitlines() if " done in " in line] == expected
-    assert f"stage {len(expected)}/{len(expected)} rece-4 done" in done.stdout
-    assert json.loads((root / "lightning_logs" / "version_0" / KEPT_STAGE).read_text())["stage"] == "rece-4"
+    run = root / "lightning_logs" / "version_0"
+    assert json.loads((run / KEPT_STAGE).read_text())["stage"] == "rece-4"
+    found = json.loads((run / "robust" / "auto.json").read_text())
+    assert found["source"] == "search"
+    assert found["concept_texts"][:len(auto["synonyms"])] == auto["synonyms"]  # the synonyms, then the words found
+    judged = {row["prompt"]: row["shows_concept"] for row in found["judged"]}
+    assert set(judged) == set(captions)
+    assert {p for p, shown in judged.items() if shown} == {p for p in captions if {"sauna", "bathing"} & set(p.split())}

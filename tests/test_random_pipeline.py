@@ -1,5 +1,5 @@
 """The random-pipeline builder's ``text`` folders (the denoiser reduced to its text-reading layers) erase exactly as
-the whole folder does, and ``python -m rece_lightning.random_pipeline`` still runs as a module."""
+the whole folder does, and ``python -m rece_lightning.models.random_pipeline`` still runs as a module."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 
 import torch
 
-from rece_lightning.module import RECEModule
-from rece_lightning.random_pipeline import build_family, save_text_side
+from rece_lightning.lightning.module import RECEModule
+from rece_lightning.models.random_pipeline import build_family, save_text_side
 from tests.conftest import REPO
 
 
@@ -45,7 +45,7 @@ def test_text_side_folder_erases_like_the_whole_one(tokenizer_path, tmp_path):
 
 
 def test_module_entry_point_lists_every_family():
-    out = subprocess.run([sys.executable, "-m", "rece_lightning.random_pipeline", "--help"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "rece_lightning.models.random_pipeline", "--help"], capture_output=True,
                          text=True, check=True, cwd=REPO)
     for family in ("sd14", "sd2", "sdxl", "flux", "sd3", "pixart-sigma", "sana"):
         assert family in out.stdout

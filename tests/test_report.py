@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from rece_lightning.errors import RECEError
-from rece_lightning.report import format_value, run_metrics, stage_order, table
-from rece_lightning.selection import write_kept_stage
+from rece_lightning.lightning.report import format_value, run_metrics, stage_order, table
+from rece_lightning.recipes.selection import write_kept_stage
 from tests.conftest import REPO
 
 
@@ -51,7 +51,7 @@ def test_several_runs_and_metric_patterns(tmp_path):
 
 def test_a_run_without_records_is_read_from_tensorboard(tiny_sd1, tmp_path):
     """Erase only (no validation): the stages and their relative weight change come from the TensorBoard file."""
-    from rece_lightning.cli import main
+    from rece_lightning.lightning.cli import main
 
     main(["fit", "--model.pretrained", str(tiny_sd1), "--model.concepts", "[nudity]", "--model.rece.iterations", "1",
           "--model.validate_original", "false", "--trainer.default_root_dir", str(tmp_path)])

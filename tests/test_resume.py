@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from rece_lightning.export import EDIT_MAP, KV_WEIGHTS, LORA
+from rece_lightning.artefacts.export import EDIT_MAP, KV_WEIGHTS, LORA
 from tests.conftest import REPO, tree_digest
 from tests.interrupt import ENV
 
@@ -24,10 +24,10 @@ SHORT = ["--data.limit", "4", "--model.generation.num_inference_steps", "2", "--
 
 
 def _rece(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """``python -m rece_lightning.cli`` in a subprocess (a SIGINT must not reach the test runner)."""
+    """``python -m rece_lightning.lightning.cli`` in a subprocess (a SIGINT must not reach the test runner)."""
     environment = {k: v for k, v in os.environ.items() if k != ENV}
     environment.update({"PYTHONUNBUFFERED": "1", **(env or {})})
-    return subprocess.run([sys.executable, "-m", "rece_lightning.cli", *args], cwd=REPO, env=environment,
+    return subprocess.run([sys.executable, "-m", "rece_lightning.lightning.cli", *args], cwd=REPO, env=environment,
                           capture_output=True, text=True, timeout=900)
 
 

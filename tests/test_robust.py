@@ -9,17 +9,11 @@ import pytest
 import torch
 
 from rece_lightning.errors import RECEError
-from rece_lightning.module import RECEModule
-from rece_lightning.robust import (
-    RobustConfig,
-    expansion_scores,
-    fill,
-    nearest_words,
-    output_features,
-    replace_phrase,
-    sample_testbed_captions,
-)
-from rece_lightning.selection import Selection
+from rece_lightning.lightning.module import RECEModule
+from rece_lightning.recipes.robust.captions import fill, replace_phrase, sample_testbed_captions
+from rece_lightning.recipes.robust.config import RobustConfig
+from rece_lightning.recipes.robust.expansion import expansion_scores, nearest_words, output_features
+from rece_lightning.recipes.selection import Selection
 
 # ------------------------------------------------------------------------------------------ stopping rule
 
@@ -65,7 +59,7 @@ def test_selection_state_round_trips_and_continues():
 
 
 def test_keep_best_composes_with_the_robust_rule_or_is_refused():
-    from rece_lightning.recipe import selection_rule
+    from rece_lightning.recipes.paper import selection_rule
 
     rule = selection_rule("robust", "val/nudity_rate", "min", RobustConfig(concept_metric="val/nudity_rate"))
     assert rule.metric == "val/nudity_rate" and rule.guard == "val/preservation" and rule.target == 0.0
@@ -223,8 +217,8 @@ def test_paper_recipe_is_the_default(tiny_sd1):
 def test_judged_prompt_writer_labels_captions_by_the_judge_and_round_trips(tmp_path):
     """The package's judged-prompt writer: a caption is erased when ≥ keep of its images show the concept (anchor:
     the judged image with another shape), preserved when none does, left out otherwise; the file reads back."""
-    from rece_lightning.judged_prompts import implicit_captions, judge_implicit_captions, write_judged_prompts
-    from rece_lightning.robust import read_judged
+    from rece_lightning.lightning.judged_prompts import implicit_captions, judge_implicit_captions, write_judged_prompts
+    from rece_lightning.recipes.robust.captions import read_judged
     from rece_lightning.testbed.render import render
     from rece_lightning.testbed.world import SHAPES, Scene
 
@@ -268,8 +262,8 @@ def test_stopping_rule_drives_the_module_loop_and_writes_the_kept_stage(tiny_sd1
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from rece_lightning.data import RECEDataModule
-    from rece_lightning.selection import read_kept_stage
+    from rece_lightning.lightning.data import RECEDataModule
+    from rece_lightning.recipes.selection import read_kept_stage
 
     module = RECEModule(pretrained=str(tiny_sd1), concepts=["nudity"], generation={"num_inference_steps": 1},
                         recipe="robust", keep_best="val/concept_rate", robust={"iterations": 2})
@@ -291,7 +285,7 @@ def test_stopping_rule_drives_the_module_loop_and_writes_the_kept_stage(tiny_sd1
 
 
 def test_selection_rule_margin_one_image_cannot_flip_the_choice():
-    from rece_lightning.selection import Selection, SelectionRule
+    from rece_lightning.recipes.selection import Selection, SelectionRule
 
     rule = SelectionRule(metric="select/concept_rate", target=0.0, guard="select/preservation", max_drop=0.0,
                          margin=1 / 40, guard_margin=1 / 20)
@@ -317,13 +311,13 @@ def test_selection_split_alternates_within_each_kind():
 
 
 def RobustRecipe_split(records):  # noqa: N802 - a readable alias in this test file
-    from rece_lightning.robust_selection import SelectionSplit
+    from rece_lightning.lightning.selection_split import SelectionSplit
 
     return SelectionSplit.split(records)
 
 
 def test_world_neighbours_and_phrasings():
-    from rece_lightning.robust_auto import world_neighbours, world_phrasings
+    from rece_lightning.recipes.robust.auto import world_neighbours, world_phrasings
 
     assert world_neighbours(["star"]) == ["circle", "square", "triangle", "heart", "cross"]
     assert world_neighbours(["green"]) == ["red", "blue", "yellow", "purple", "orange"]
@@ -335,8 +329,8 @@ def test_world_neighbours_and_phrasings():
 
 
 def test_vocabulary_is_scored_in_chunks_with_the_same_answer(robust_module):
-    from rece_lightning.robust import vocabulary_words
-    from rece_lightning.robust_auto import score_vocabulary
+    from rece_lightning.recipes.robust.auto import score_vocabulary
+    from rece_lightning.recipes.robust.expansion import vocabulary_words
 
     m = robust_module
     m.editor.reset()
@@ -385,9 +379,9 @@ def test_auto_settings_are_found_in_the_run_written_and_cached(tiny_sd1, tmp_pat
     and the cache, a second run reads the cache; the stopping rule's selection split is written beside."""
     import json
 
-    from rece_lightning.cli import main
-    from rece_lightning.robust import vocabulary_words
-    from rece_lightning.robust_auto import cache_root
+    from rece_lightning.lightning.cli import main
+    from rece_lightning.recipes.robust.auto import cache_root
+    from rece_lightning.recipes.robust.expansion import vocabulary_words
     from tests.conftest import REPO
 
     monkeypatch.setenv("RECE_CACHE_DIR", str(tmp_path / "cache"))
@@ -431,7 +425,7 @@ def test_auto_without_a_judge_is_refused(tiny_sd1, tmp_path):
                                                 "recipe": "robust", "robust": {"concept_texts": "auto"},
                                                 "generation": {"num_inference_steps": 2}},
                                       "trainer": {"default_root_dir": str(tmp_path / "runs")}}))
-    result = subprocess.run([sys.executable, "-m", "rece_lightning.cli", "fit", "--config", str(config)],
+    result = subprocess.run([sys.executable, "-m", "rece_lightning.lightning.cli", "fit", "--config", str(config)],
                             cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 2, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]

@@ -1,6 +1,6 @@
 """Issue 18 §1: no run is ever overwritten or mislabelled.
 
-A checkpoint records the identity of its run (:mod:`rece_lightning.run_identity`); ``--ckpt_path`` of another run is
+A checkpoint records the identity of its run (:mod:`rece_lightning.lightning.run_identity`); ``--ckpt_path`` of another run is
 refused before anything is loaded; a resumed run writes a new version folder of its own; version folders are created
 exclusively; SIGTERM keeps the completed stages. All through the installed ``rece`` executable (erase-only testbed
 runs: seconds each)."""
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 
-from rece_lightning.run_identity import IDENTITY_KEY
+from rece_lightning.lightning.run_identity import IDENTITY_KEY
 from tests.conftest import REPO, tree_digest
 from tests.interrupt import TERM_ENV
 from tests.test_bad_input import assert_one_error
@@ -29,7 +29,7 @@ trainer:
   callbacks:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
       init_args: {save_top_k: -1, filename: "stage-{epoch}"}
-    - class_path: rece_lightning.callbacks.ExportEdit
+    - class_path: rece_lightning.lightning.callbacks.ExportEdit
     - class_path: tests.interrupt.SigtermAtEpoch
 """
 
@@ -136,7 +136,7 @@ def test_version_folders_are_created_exclusively(tmp_path):
     """Many threads asking for a folder at once each get a different one (os.mkdir, never exists-then-create)."""
     from itertools import count
 
-    from rece_lightning.cli import _create_unique
+    from rece_lightning.lightning.cli import _create_unique
 
     names: list[str] = []
     barrier = threading.Barrier(8)
@@ -166,3 +166,19 @@ def test_sigterm_keeps_the_completed_stages(config, tmp_path):
     assert line.endswith(f"--ckpt_path {run / 'checkpoints' / 'stage-epoch=1.ckpt'}")
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["stage-epoch=0.ckpt", "stage-epoch=1.ckpt"]
     assert "rece-2 done" not in result["stdout"] and not (run / "export").exists()
+
+
+def test_exporting_into_another_runs_export_is_refused(finished, tmp_path):
+    """``ExportEdit(dirpath=<run A>/export)`` from run B: one line, exit 2, before the model loads; run A's exports
+    are untouched and run B's folder is never made."""
+    export = finished / "export"
+    before = tree_digest(export)
+    config = tmp_path / "export-into-a.yaml"
+    config.write_text("trainer:\n  callbacks:\n    - class_path: rece_lightning.lightning.callbacks.ExportEdit\n"
+                      f"      init_args: {{dirpath: {export}}}\n", encoding="utf-8")
+    root = tmp_path / "run-b"
+    result = _rece(["fit", "--config", str(config), "--model.concepts", "[circle]", "--model.rece.iterations", "0",
+                    "--model.validate_original", "false", "--trainer.default_root_dir", str(root)])
+    assert_one_error(result, f"ExportEdit dirpath {export} already holds files", "give a new folder")
+    assert tree_digest(export) == before
+    assert not root.exists()

@@ -1,4 +1,4 @@
-"""Input spaces (rece_lightning.spaces): the per-space edit equals UCE / RECE in the joint space (the independent
+"""Input spaces (rece_lightning.maths.spaces): the per-space edit equals UCE / RECE in the joint space (the independent
 oracle of tests/official_reference.py on zero-padded layers), and the pooled paths of Flux and SD3 are edited as the
 official ``uce_flux_edit.py`` edits Flux's (tests/official_uce_scripts.py)."""
 
@@ -8,11 +8,11 @@ import torch
 from diffusers import DiffusionPipeline
 from torch import nn
 
-from rece_lightning.cross_attention import Projection
-from rece_lightning.edit_state import EditState
-from rece_lightning.families import family_of
-from rece_lightning.recipe import Recipe
-from rece_lightning.spaces import SpacedEditor
+from rece_lightning.maths.edit_state import EditState
+from rece_lightning.maths.projections import Projection
+from rece_lightning.maths.spaces import SpacedEditor
+from rece_lightning.models.families import family_of
+from rece_lightning.recipes.paper import Recipe
 from tests import official_reference as ref
 from tests.conftest import SEQ
 from tests.official_uce_scripts import solve_module, uce_flux
@@ -99,7 +99,7 @@ def _ours(pipe) -> Recipe:
 def test_flux_pooled_path_matches_official_uce(tiny_flux):
     """Both layers ``uce_flux_edit.py`` edits (``context_embedder``, ``time_text_embed.text_embedder.linear_1``)
     equal its computation with zero biases (relative 1e-6); with the biases, each differs from it by exactly the
-    rank-one ``b (M⁻¹ σ)ᵀ`` of the bias the official values count twice (rece_lightning.families.flux)."""
+    rank-one ``b (M⁻¹ σ)ᵀ`` of the bias the official values count twice (rece_lightning.models.families.flux)."""
     pipe = _flux(tiny_flux, zero_bias=True)
     ours = _ours(pipe).editor.current_weights(torch.float64)
     official = uce_flux(pipe, ERASE, GUIDE, PRESERVE, max_sequence_length=SEQ, **SETTINGS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,7 +141,7 @@ def check_prompt_rows(concept: str, rows: list[dict[str, str]]) -> None:
 def test_every_world_value_has_a_prompt_set(concept: str, tmp_path, monkeypatch) -> None:  # noqa: ANN001
     """``testbed:<value>`` for every shape, colour and pattern: the triangle's kinds and sizes (implicit rows only
     where the world has a cue for the value), deterministic, and the shipped files untouched."""
-    from rece_lightning.data import read_prompts, resolve_prompts
+    from rece_lightning.lightning.data import read_prompts, resolve_prompts
 
     monkeypatch.setenv("RECE_CACHE_DIR", str(tmp_path))
     c = TESTBED_CONCEPTS[concept]
@@ -233,3 +234,21 @@ def test_generation_quality_loose(pipe) -> None:  # noqa: ANN001
     concept_ok = np.mean([pred[CONCEPTS[rows[i]["concept"]].attribute][i] == rows[i]["concept"] for i in impl])
     assert shape_ok >= 0.7 and color_ok >= 0.7, (shape_ok, color_ok)
     assert concept_ok >= 0.6, concept_ok
+
+
+@pytest.mark.parametrize("concept", ["triangle", "star", "striped", "dotted", "red", "purple"])
+def test_every_testbed_value_has_ring_a_bell_pairs(concept, tmp_path, monkeypatch):
+    """``testbed:<value>-ring-a-bell`` resolves for every shape, pattern and colour (shipped or generated into the
+    cache); each pair's prompts differ by the concept's word alone, and a shipped file holds what would be generated."""
+    from rece_lightning.attacks.ring_a_bell import read_pairs
+    from rece_lightning.testbed.ring_a_bell import _csv_text, pairs_csv
+
+    monkeypatch.setenv("RECE_CACHE_DIR", str(tmp_path))
+    pairs = read_pairs(f"testbed:{concept}-ring-a-bell")
+    assert len(pairs) >= 20
+    for sensitive, normal in pairs:
+        words = sensitive.split()
+        assert concept in words and " ".join(w for w in words if w != concept) in (normal, normal.replace(" shape", ""))
+    path = Path(pairs_csv(concept))
+    assert path.read_bytes().decode("utf-8") == _csv_text(concept)
+    assert path.is_relative_to(tmp_path) == (concept not in ("triangle", "striped"))

@@ -7,10 +7,10 @@ import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
 from transformers import CLIPTokenizer
 
-from rece_lightning.cross_attention import check_kv_weights, find_projections, read_weights, write_weights
 from rece_lightning.errors import RECEError
-from rece_lightning.random_pipeline import build_random_pipeline
-from rece_lightning.text import EncodedText, TextEncoder, align_tokens
+from rece_lightning.maths.projections import check_kv_weights, find_projections, read_weights, write_weights
+from rece_lightning.models.random_pipeline import build_random_pipeline
+from rece_lightning.models.text import EncodedText, TextEncoder, align_tokens
 
 
 def _encoded(tokenizer, text: str) -> EncodedText:

@@ -19,10 +19,10 @@ from PIL import Image
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rece_lightning.callbacks import ClassifierAccuracy, ImageGridLogger, StageReport, console, report
-from rece_lightning.callbacks.image_grid import KIND_ORDER, labelled_grid
-from rece_lightning.callbacks.tradeoff import TradeoffLayout, tradeoff_figure
-from rece_lightning.model_card import model_card, read_front_matter
+from rece_lightning.lightning.callbacks import ClassifierAccuracy, ImageGridLogger, StageReport, console, report
+from rece_lightning.lightning.callbacks.image_grid import KIND_ORDER, labelled_grid
+from rece_lightning.lightning.callbacks.tradeoff import TradeoffLayout, tradeoff_figure
+from rece_lightning.lightning.model_card import model_card, read_front_matter
 from rece_lightning.testbed import PROMPTS_DIR
 from tests.conftest import REPO
 
@@ -51,7 +51,7 @@ def testbed_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     _subset(prompts)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", report.EVERY_ENV: "0.5"}
     result = subprocess.run(
-        [sys.executable, "-m", "rece_lightning.cli", "fit", "--config", str(REPO / "configs" / "testbed.yaml"),
+        [sys.executable, "-m", "rece_lightning.lightning.cli", "fit", "--config", str(REPO / "configs" / "testbed.yaml"),
          "--data.val_prompts", str(prompts), "--model.rece.iterations", "1",
          "--model.generation.num_inference_steps", "2", "--trainer.default_root_dir", str(tmp / "runs")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=1200,

@@ -52,7 +52,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
                    check=True, capture_output=True, timeout=600)
     (wheel,) = (root / "dist").glob("rece_lightning-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "rece_lightning/random_pipeline/clip-tokenizer/vocab.json" in names and "rece_lightning/judged_prompts.py" in names
+    assert "rece_lightning/models/random_pipeline/clip-tokenizer/vocab.json" in names and "rece_lightning/lightning/judged_prompts.py" in names
     assert not [n for n in names if n.startswith(("tests/", "bench/"))]
     target = root / "site"
     subprocess.run([*run, "install", "--no-deps", "--target", str(target), str(wheel)], check=True,
@@ -68,11 +68,11 @@ def _python(target: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_random_pipeline_runs_from_the_wheel(installed, tmp_path):
-    where = _python(installed, "-c", "import rece_lightning.random_pipeline as r; print(r.default_clip_tokenizer())",
+    where = _python(installed, "-c", "import rece_lightning.models.random_pipeline as r; print(r.default_clip_tokenizer())",
                     cwd=tmp_path)
     assert where.returncode == 0, where.stderr
     assert Path(where.stdout.strip()).is_relative_to(installed)  # the tokenizer shipped in the wheel
-    done = _python(installed, "-m", "rece_lightning.random_pipeline", "--family", "sd14", str(tmp_path / "sd"),
+    done = _python(installed, "-m", "rece_lightning.models.random_pipeline", "--family", "sd14", str(tmp_path / "sd"),
                    cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     index = json.loads((tmp_path / "sd" / "model_index.json").read_text())
@@ -84,6 +84,6 @@ def test_report_runs_from_the_wheel(installed, tmp_path):
     run = tmp_path / "version_0"
     (run / "eval" / "uce").mkdir(parents=True)
     (run / "eval" / "uce" / "classifier.json").write_text(json.dumps({"summary": {"val/concept_rate": 0.25}}))
-    done = _python(installed, "-c", "from rece_lightning.cli import main; main()", "report", str(run), cwd=tmp_path)
+    done = _python(installed, "-c", "from rece_lightning.lightning.cli import main; main()", "report", str(run), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "| uce | 25 % |" in done.stdout

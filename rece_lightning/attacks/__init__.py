@@ -5,7 +5,7 @@ embedding space); the test stage generates from them with each row's seed and th
 images, so the attack success rate (ASR) uses the same protocol as validation.
 
 Attacks see the model only through :class:`AttackTarget` and never ask which model family they attack: what differs
-between families (tokenizers, encoders, the denoiser's loss) is the family's (:mod:`rece_lightning.family`), so every
+between families (tokenizers, encoders, the denoiser's loss) is the family's (:mod:`rece_lightning.models.family`), so every
 attack runs on SD 1.x/2.x, SDXL and Flux.
 """
 

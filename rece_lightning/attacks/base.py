@@ -10,11 +10,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rece_lightning.config import GenerationConfig
-from rece_lightning.family import ModelFamily
-from rece_lightning.generation import generate
-from rece_lightning.spaces import SpacedEditor
-from rece_lightning.text import TextEncoder
+from rece_lightning.maths.spaces import SpacedEditor
+from rece_lightning.models.family import ModelFamily
+from rece_lightning.models.generation import generate
+from rece_lightning.models.text import TextEncoder
+from rece_lightning.recipes.config import GenerationConfig
 
 Judge = Callable[[list, list[dict[str, Any]]], list[bool]]
 """``judge(images, rows) -> [concept present?]``: the evaluation protocol's verdict on generated images."""
@@ -25,9 +25,9 @@ class AttackTarget:
     """The narrow interface attacks work through (nothing else of the Lightning module).
 
     Attacks never ask which model family they attack: token-level access goes through :attr:`text`
-    (:meth:`~rece_lightning.text.TextEncoder.vocabulary`, :meth:`~rece_lightning.text.TextEncoder.decode`,
-    :meth:`~rece_lightning.text.TextEncoder.encode_token_ids`), the denoiser's loss through :meth:`prefix_conditioning`
-    and :meth:`denoising_loss` (the family's, :mod:`rece_lightning.family`).
+    (:meth:`~rece_lightning.models.text.TextEncoder.vocabulary`, :meth:`~rece_lightning.models.text.TextEncoder.decode`,
+    :meth:`~rece_lightning.models.text.TextEncoder.encode_token_ids`), the denoiser's loss through :meth:`prefix_conditioning`
+    and :meth:`denoising_loss` (the family's, :mod:`rece_lightning.models.family`).
 
     Attributes:
         pipeline: the diffusers pipeline (its tokenizer, text encoder, denoiser and scheduler), with the edit folded
@@ -52,7 +52,7 @@ class AttackTarget:
 
     def __post_init__(self) -> None:
         if self.family is None:
-            from rece_lightning.families import family_of
+            from rece_lightning.models.families import family_of
 
             self.family = family_of(self.pipeline, **self.pipeline_kwargs)
 
@@ -81,9 +81,9 @@ class AttackTarget:
 
     def prefix_conditioning(self, prompts: Sequence[str], prefix: Tensor) -> dict[str, Any]:
         """The denoiser's text conditioning of ``prefix + prompt`` per prompt, differentiable in ``prefix``
-        (``(B, K)`` token ids of :meth:`~rece_lightning.text.TextEncoder.vocabulary`, or ``(B, K, V)`` weights over
-        :attr:`~rece_lightning.text.TextEncoder.vocab_size` tokens); see
-        :meth:`~rece_lightning.family.ModelFamily.prefix_conditioning`."""
+        (``(B, K)`` token ids of :meth:`~rece_lightning.models.text.TextEncoder.vocabulary`, or ``(B, K, V)`` weights over
+        :attr:`~rece_lightning.models.text.TextEncoder.vocab_size` tokens); see
+        :meth:`~rece_lightning.models.family.ModelFamily.prefix_conditioning`."""
         assert self.family is not None
         return self.family.prefix_conditioning(prompts, prefix)
 
@@ -117,7 +117,7 @@ class AdversarialInput:
         prompt: the text to generate from (the adversarial prompt, or the row's prompt for embedding attacks).
         embedding: ``(L, d)`` prompt embedding to generate from instead of the text, or ``None``.
         pooled: ``(d,)`` pooled embedding to generate with (with ``embedding``), for families whose denoiser reads
-            one (Flux, SD3: the ``pooled`` input space, :mod:`rece_lightning.spaces`); ``None``: the prompt's own.
+            one (Flux, SD3: the ``pooled`` input space, :mod:`rece_lightning.maths.spaces`); ``None``: the prompt's own.
         info: JSON-serialisable details (objective values, tokens, steps …) kept in the test records.
     """
 

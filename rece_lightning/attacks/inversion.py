@@ -7,17 +7,17 @@ from typing import Any
 import torch
 
 from rece_lightning.attacks.base import AdversarialInput, Attack, AttackTarget
-from rece_lightning.cross_attention import MAIN_SPACE
 from rece_lightning.errors import RECEError
-from rece_lightning.family import POOLED_SPACE
-from rece_lightning.spaces import SpacedEditor
+from rece_lightning.maths.projections import MAIN_SPACE
+from rece_lightning.maths.spaces import SpacedEditor
+from rece_lightning.models.family import POOLED_SPACE
 
 
 class EmbeddingInversion(Attack):
     """Closed-form embedding inversion (RECE eq. 8, "regzero"): for each prompt embedding ``c``,
     ``c' = (γI + Σ W'ᵀW')⁻¹ (Σ W'ᵀ W₀) c`` makes the edited model's text-reading layers mimic the original model's.
     Families that also read a pooled embedding (Flux, SD3) get the pooled one derived beside it from the pooled
-    layer (:mod:`rece_lightning.spaces`), and images are generated from both.
+    layer (:mod:`rece_lightning.maths.spaces`), and images are generated from both.
 
     Args:
         gamma: γ, the ridge on ``c'`` (smaller = closer imitation, larger norm).

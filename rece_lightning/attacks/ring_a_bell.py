@@ -4,13 +4,12 @@ evaluates it) or matched by a genetic search over tokens (the official discrete 
 
 Both work on every model family: the embeddings are the family's (:attr:`AttackTarget.text`), the discrete search's
 tokens those of the family's prompt tokenizer (SD: CLIP, SDXL: the shared CLIP vocabulary of both encoders, Flux:
-T5), encoded by :meth:`~rece_lightning.text.TextEncoder.encode_token_ids`. Where the denoiser also reads a pooled
+T5), encoded by :meth:`~rece_lightning.models.text.TextEncoder.encode_token_ids`. Where the denoiser also reads a pooled
 embedding (Flux, SD3), the continuous attack moves it too, along the pooled concept vector of the same pairs; the
 discrete attack's prompt brings its own pooled embedding when its images are generated."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,10 +18,11 @@ from torch import Tensor
 
 from rece_lightning.attacks.base import AdversarialInput, Attack, AttackTarget
 from rece_lightning.attacks.genetic import GeneticSearch
-from rece_lightning.cross_attention import MAIN_SPACE
 from rece_lightning.errors import RECEError
-from rece_lightning.family import POOLED_SPACE
-from rece_lightning.text import search_vocabulary
+from rece_lightning.files import read_csv
+from rece_lightning.maths.projections import MAIN_SPACE
+from rece_lightning.models.family import POOLED_SPACE
+from rece_lightning.models.text import search_vocabulary
 
 __all__ = ["RingABell", "concept_vector", "read_pairs", "search_vocabulary", "token_embeddings"]
 
@@ -30,14 +30,18 @@ __all__ = ["RingABell", "concept_vector", "read_pairs", "search_vocabulary", "to
 def read_pairs(path: str | Path) -> list[tuple[str, str]]:
     """(sensitive, normal) prompt pairs: the first two columns of a Ring-A-Bell CSV (``testbed:<name>`` for the
     testbed's, e.g. ``testbed:triangle-ring-a-bell``)."""
-    from rece_lightning.prompts import resolve_prompts
+    from rece_lightning.artefacts.prompts import resolve_prompts
 
     path = resolve_prompts(path)
     if not path.is_file():
         raise RECEError(f"Ring-A-Bell pair file {path} does not exist (columns: sensitive prompt, normal prompt)")
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))[1:]
-    pairs = [(r[0].strip(), r[1].strip()) for r in rows if len(r) >= 2 and r[0].strip()]
+    columns, rows = read_csv(path, "Ring-A-Bell pair file")
+    if len(columns) < 2:
+        raise RECEError(f"{path} has {len(columns)} column; a Ring-A-Bell pair file has two (sensitive prompt, "
+                        "normal prompt)")
+    sensitive, normal = columns[:2]
+    pairs = [((r.get(sensitive) or "").strip(), (r.get(normal) or "").strip()) for r in rows]
+    pairs = [(s, n) for s, n in pairs if s]
     if not pairs:
         raise RECEError(f"{path} holds no prompt pairs")
     return pairs
@@ -113,5 +117,5 @@ class RingABell(Attack):
 
 def token_embeddings(target: AttackTarget, candidates: Tensor) -> Tensor:
     """Encode (B, K) candidate token ids the way a prompt is encoded (:meth:`TextEncoder.encode_token_ids
-    <rece_lightning.text.TextEncoder.encode_token_ids>`): start token, candidates, end token, padding."""
+    <rece_lightning.models.text.TextEncoder.encode_token_ids>`): start token, candidates, end token, padding."""
     return target.text.encode_token_ids(candidates)

@@ -2,7 +2,7 @@
 Generate Unsafe Images … For Now", ECCV 2024): optimise a few prefix tokens so that the erased model denoises
 noised images of the concept — made by the original model — as the original model would.
 
-Family-agnostic: the prefix is over the family's prompt vocabulary (:meth:`~rece_lightning.text.TextEncoder.vocabulary`;
+Family-agnostic: the prefix is over the family's prompt vocabulary (:meth:`~rece_lightning.models.text.TextEncoder.vocabulary`;
 SDXL: the CLIP vocabulary both encoders share, Flux: T5's), the conditioning and the denoiser's training loss are
 the family's (:meth:`AttackTarget.prefix_conditioning`, :meth:`AttackTarget.denoising_loss`: DDPM ε-/v-prediction for
 SD 1.x/2.x and SDXL, flow matching for Flux)."""
@@ -17,7 +17,7 @@ from torch import Tensor
 
 from rece_lightning.attacks.base import AdversarialInput, Attack, AttackTarget, Judge
 from rece_lightning.errors import RECEError
-from rece_lightning.text import TextEncoder
+from rece_lightning.models.text import TextEncoder
 
 
 class UnlearnDiffAtk(Attack):

@@ -17,7 +17,7 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionMod
 from PIL import Image
 
 from rece_lightning.files import atomic_dir
-from rece_lightning.generation import generate as generate_images
+from rece_lightning.models.generation import generate as generate_images
 
 from .architectures import build_scheduler
 from .text import load_text_encoder, load_tokenizer
@@ -101,7 +101,7 @@ def generate(
     batch_size: int = 64,
 ) -> list[Image.Image]:
     """Generate one image per (prompt, seed) in batches of ``batch_size``; each image depends only on its own seed
-    (:func:`rece_lightning.generation.generate` with the testbed's default settings)."""
+    (:func:`rece_lightning.models.generation.generate` with the testbed's default settings)."""
 
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds must have the same length")

@@ -216,11 +216,16 @@ def prompt_csv(concept: str) -> str:
     c = testbed_concept(concept)
     if c.name in CONCEPTS:
         return c.csv_path
+    return generated_csv(f"{c.name}.csv", _csv_text(build_prompt_rows(c)))
+
+
+def generated_csv(name: str, text: str) -> str:
+    """Path of a generated testbed file ``name`` holding ``text``: written atomically under
+    ``$RECE_CACHE_DIR/testbed-prompts`` (default ``~/.cache/rece-lightning``) when missing or different."""
     from rece_lightning.files import atomic_path
 
     root = os.environ.get("RECE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "rece-lightning")
-    path = os.path.join(root, "testbed-prompts", f"{c.name}.csv")
-    text = _csv_text(build_prompt_rows(c))
+    path = os.path.join(root, "testbed-prompts", name)
     if not os.path.isfile(path) or _read_text(path) != text:
         with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
