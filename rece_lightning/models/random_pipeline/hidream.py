@@ -62,7 +62,7 @@ def build_hidream(tokenizer_path: str | Path, size: Size = "tiny", seed: int = 0
     from transformers import CLIPTextModelWithProjection, LlamaConfig, LlamaForCausalLM, T5EncoderModel
 
     torch.manual_seed(seed)
-    full = size == "full"
+    full = size != "tiny"  # "text": the full shapes, the denoiser reduced to its text-reading layers
     tokenizer = clip_tokenizer(tokenizer_path)
     tokenizer_2 = clip_tokenizer(tokenizer_path, pad_with_bang=True)
     tokenizer_3 = tiny_t5_tokenizer(128)
