@@ -15,6 +15,13 @@ ENV = "RECE_TEST_SIGINT_AT_EPOCH"
 TERM_ENV = "RECE_TEST_SIGTERM_AT_EPOCH"
 
 
+def default_sigint() -> None:
+    """``preexec_fn`` of a ``rece`` subprocess that receives a Ctrl-C: SIGINT handled as in a terminal, even when the
+    test runner itself was started in the background (where the shell leaves SIGINT ignored, and children inherit
+    that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class SigintAtEpoch(L.Callback):
     """Deliver SIGINT to this process when the epoch named by ``RECE_TEST_SIGINT_AT_EPOCH`` starts, i.e. after the
     previous stage was validated and checkpointed and before this stage does any work."""

@@ -20,7 +20,7 @@ from rece_lightning.lightning.cli import main
 from rece_lightning.lightning.cli_text import print_results
 from rece_lightning.lightning.strategy import configure_threads
 from tests.conftest import REPO
-from tests.interrupt import ENV
+from tests.interrupt import ENV, default_sigint
 
 NUDITY = str(REPO / "configs" / "nudity.yaml")
 TESTBED = str(REPO / "configs" / "testbed.yaml")
@@ -38,7 +38,7 @@ def _rece(args: list[str], env: dict[str, str] | None = None) -> subprocess.Comp
     environment = {k: v for k, v in os.environ.items() if k != ENV}
     environment.update({"PYTHONUNBUFFERED": "1", **(env or {})})
     return subprocess.run([sys.executable, "-m", "rece_lightning.lightning.cli", *args], cwd=REPO, env=environment,
-                          capture_output=True, text=True, timeout=900)
+                          preexec_fn=default_sigint, capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")

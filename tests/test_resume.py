@@ -18,7 +18,7 @@ from safetensors import safe_open
 
 from rece_lightning.artefacts.export import EDIT_MAP, KV_WEIGHTS, LORA
 from tests.conftest import REPO, tree_digest
-from tests.interrupt import ENV
+from tests.interrupt import ENV, default_sigint
 
 SHORT = ["--data.limit", "4", "--model.generation.num_inference_steps", "2", "--model.rece.iterations", "1"]
 
@@ -28,7 +28,7 @@ def _rece(args: list[str], env: dict[str, str] | None = None) -> subprocess.Comp
     environment = {k: v for k, v in os.environ.items() if k != ENV}
     environment.update({"PYTHONUNBUFFERED": "1", **(env or {})})
     return subprocess.run([sys.executable, "-m", "rece_lightning.lightning.cli", *args], cwd=REPO, env=environment,
-                          capture_output=True, text=True, timeout=900)
+                          preexec_fn=default_sigint, capture_output=True, text=True, timeout=900)
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
