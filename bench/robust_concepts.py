@@ -5,9 +5,9 @@ Each run is ``rece fit`` in a child process with only the concept and its valida
 ``configs/testbed_robust.yaml`` (robust, its ``auto`` settings found inside the run); the wall time and the child's
 peak resident memory (``os.wait4``'s ``ru_maxrss``, the whole run: model, search, validation) are recorded in
 ``<out>/<concept>/<recipe>.json``. The table reads each run's ``eval/<stage>/classifier.json`` records and reports
-both recipes' kept stages on the *report split* of the validation prompts (every other row of each kind, the rows
-the robust stopping rule never saw: :class:`rece_lightning.lightning.selection_split.SelectionSplit`), so both are measured on the same,
-unselected prompts. The paper run keeps the stage with the lowest concept rate over all prompts (its
+both recipes' kept stages on the *report split* of the validation prompts (every other row of each kind sorted by
+prompt, the rows the robust stopping rule never saw: :class:`rece_lightning.lightning.selection_split.SelectionSplit`),
+so both are measured on the same, unselected prompts. The paper run keeps the stage with the lowest concept rate over all prompts (its
 ``keep_best``); the robust run the stage its stopping rule kept (both from ``kept_stage.json``).
 
     python bench/robust_concepts.py run --concepts star --recipes paper robust   # runs/concepts/star/…

@@ -179,6 +179,42 @@ def test_judged_prompts_are_erased_or_preserved(tiny_sd1, tmp_path):
         RobustConfig(judged_prompts=str(tmp_path / "missing.csv")).check()
 
 
+
+def test_judged_scale_weighs_a_judged_prompt_as_if_it_were_erased_that_many_times(tiny_sd1, tmp_path):
+    """``judged_scale: w`` scales a judged prompt's rows and targets by √w. The oracle is the plain closed form
+    with that prompt's block repeated w times: the same least squares, so the same edit. The weighed prompt
+    ends nearer its anchor, and w = 1 is the unweighed recipe."""
+    judged = tmp_path / "judged.csv"
+    judged.write_text("prompt,shows_concept,votes,seeds,anchor\na sunbather on the beach,1,4,4,a person on the beach\n"
+                      "a bowl of fruit,0,0,4,\n")
+    settings = {"templates": ["{}", "a photo of {}"], "neighbours": ["a dress"], "preserve_scale": 10.0,
+                "lamb": 0.01, "judged_prompts": str(judged)}
+
+    def edited(scale: float) -> tuple[RECEModule, dict]:
+        m = RECEModule(pretrained=str(tiny_sd1), concepts=["nudity"], anchor="a person", recipe="robust",
+                       robust={**settings, "judged_scale": scale}, validate_original=False)
+        m.robust.first_edit()
+        return m, {kind: t.clone() for kind, t in m.editor.maps.items()}
+
+    weighed, maps = edited(4.0)
+    recipe, editor = weighed.robust, weighed.editor
+    plain = [(weighed.text.full(c), weighed.text.full(recipe.anchor_of(c))) for c in recipe.captions]
+    repeated = plain + 3 * [plain[recipe.captions.index("a sunbather on the beach")]]
+    editor.reset()
+    editor.erase(repeated, recipe.preserved_rows(), lamb=0.01, erase_scale=1.0, preserve_scale=10.0)
+    for kind, t in editor.maps.items():
+        torch.testing.assert_close(maps[kind], t, rtol=1e-9, atol=1e-9)
+
+    unweighed, _ = edited(1.0)
+
+    def residual(m: RECEModule) -> float:
+        target = _outputs(m, "a person on the beach", edited=False)
+        return float((_outputs(m, "a sunbather on the beach", edited=True) - target).norm() / target.norm())
+
+    assert residual(weighed) < 0.9 * residual(unweighed)
+    with pytest.raises(RECEError, match="judged_scale"):
+        RobustConfig(judged_scale=0).check()
+
 def test_module_runs_the_robust_stages(robust_module):
     m = robust_module
     assert m.hparams.recipe == "robust" and m.hparams.robust["iterations"] == 2
@@ -308,6 +344,25 @@ def test_selection_split_alternates_within_each_kind():
     select, report = RobustRecipe_split(records)
     assert select & report == set() and select | report == set(range(10))
     assert select == {0, 2, 4, 5, 7, 8} and report == {1, 3, 6, 9}
+
+
+def test_selection_split_puts_every_repeated_prompt_in_both_halves():
+    """The circle's implicit rows alternate between two cues in file order; split in file order, each cue would
+    land in one half only. Sorted by prompt, both cues are in both halves, each row in one half."""
+    from rece_lightning.testbed.prompts import load_prompts
+
+    rows = [{**row, "row": i} for i, row in enumerate(load_prompts("circle"))]
+    select, report = RobustRecipe_split(rows)
+    assert select & report == set() and select | report == set(range(len(rows)))
+    for kind in ("explicit", "paraphrase", "implicit", "neighbour", "unrelated"):
+        of_kind = [r for r in rows if r["kind"] == kind]
+        assert abs(sum(r["row"] in select for r in of_kind) - sum(r["row"] in report for r in of_kind)) <= 1
+        for prompt in {r["prompt"] for r in of_kind}:
+            halves = [r["row"] in select for r in of_kind if r["prompt"] == prompt]
+            if len(halves) > 1:
+                assert any(halves) and not all(halves), (kind, prompt)
+    cues = {r["prompt"] for r in rows if r["kind"] == "implicit"}
+    assert cues == {"the sun", "a gold ring"}
 
 
 def RobustRecipe_split(records):  # noqa: N802 - a readable alias in this test file

@@ -14,9 +14,13 @@ class SelectionSplit:
     """The robust stopping rule's own prompts (``robust.selection_split``): half of the validation rows.
 
     Within each ``kind`` of the validation prompts (explicit, paraphrase, implicit, neighbour, unrelated; files
-    without kinds are one group), the rows in file order alternate between the *selection* split (0th, 2nd, …), on
-    which the stopping rule chooses the stage, and the *report* split (1st, 3rd, …), on which the final metrics are
-    reported: disjoint rows (prompt and seed; an implicit cue with one phrasing appears in both with different seeds).
+    without kinds are one group), the rows sorted by prompt (then by row) alternate between the *selection* split
+    (0th, 2nd, …), on which the stopping rule chooses the stage, and the *report* split (1st, 3rd, …), on which the
+    final metrics are reported: disjoint rows (prompt and seed). Sorting by prompt puts the rows of a repeated prompt
+    side by side, so every prompt that appears more than once (an implicit cue with one phrasing: "the sun" × 24)
+    is in both splits with different seeds, whatever the file's order. (In file order, a kind whose rows alternate
+    between two cues, as the circle's "the sun" / "a gold ring" do, would put each cue in one split only, and the
+    rule would choose the stage without ever seeing the cue it is judged on.)
     After each stage every metric callback's records are summarised on each split and logged as ``select/<key>`` and
     ``report/<key>`` (``<key>`` as the callback logs it, e.g. ``concept_rate/implicit``); the rule reads
     ``select/<key>`` of ``concept_metric`` (over all kinds of target prompts) and ``preservation_metric``. Both
@@ -36,7 +40,7 @@ class SelectionSplit:
     def split(records: Sequence[Mapping[str, Any]]) -> tuple[set[int], set[int]]:
         """``(selection rows, report rows)`` of one stage's records (see the class docstring)."""
         groups: dict[str, list[int]] = {}
-        for record in sorted(records, key=lambda r: int(r["row"])):
+        for record in sorted(records, key=lambda r: (str(r.get("prompt") or ""), int(r["row"]))):
             groups.setdefault(str(record.get("kind") or ""), []).append(int(record["row"]))
         select = {row for rows in groups.values() for row in rows[0::2]}
         report = {row for rows in groups.values() for row in rows[1::2]}

@@ -32,6 +32,11 @@ class RobustConfig:
             input-embedding space) that are not the concept or its phrasings.
         preserve: further texts preserved as they are (all token rows), beside the anchors.
         lamb, erase_scale, preserve_scale: the UCE weights of every robust edit.
+        judged_scale: the weight of each judged prompt that shows the concept (``judged_prompts``) among the erased
+            captions, relative to the others (1 = the same). Its rows and targets are scaled by √w, which weighs its
+            term of the UCE least squares by w: ``w ‖W′c − Wt‖²`` (the same as erasing it w times). The judge saw
+            the concept in these prompts' images, so the edit can be told to fit them harder than the many
+            template captions that outnumber them.
         gammas: γ values of RECE's derivation; one embedding per caption and per γ each iteration.
         erase_prompts: prompts showing the concept, erased as captions: a list, a CSV file (``prompt`` column) or
             ``testbed`` (captions of the testbed's training grammar, explicit templates only).
@@ -69,6 +74,7 @@ class RobustConfig:
     lamb: float = 0.1
     erase_scale: float = 1.0
     preserve_scale: float = 1.0
+    judged_scale: float = 1.0
     gammas: list[float] = field(default_factory=lambda: [0.1])
     derive_captions: bool = True
     anchor_in_context: bool = False
@@ -109,6 +115,7 @@ class RobustConfig:
         check_number("robust.lamb (λ)", self.lamb, strict=True, maximum=MAX_WEIGHT)
         check_number("robust.erase_scale", self.erase_scale, maximum=MAX_WEIGHT)
         check_number("robust.preserve_scale", self.preserve_scale, maximum=MAX_WEIGHT)
+        check_number("robust.judged_scale", self.judged_scale, strict=True, maximum=MAX_WEIGHT)
         if not self.gammas or any(g < 0 for g in self.gammas):
             raise RECEError(f"robust.gammas must be a non-empty list of values ≥ 0, got {self.gammas}")
         if self.judged_prompts not in (None, AUTO):

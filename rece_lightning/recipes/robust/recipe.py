@@ -89,6 +89,7 @@ class RobustRecipe:
             self.captions += caption_prompts(config.erase_prompts, concept, config.num_prompts, with_concept=True)
         judged_shown, judged_other = ({}, []) if config.judged_prompts is None else read_judged(config.judged_prompts)
         self.captions += [prompt for prompt in judged_shown if prompt not in self.captions]
+        self.judged = list(judged_shown)
         self.caption_anchor: dict[str, str] = {}
         for template in config.templates:
             for phrase in phrases:
@@ -149,10 +150,18 @@ class RobustRecipe:
         self._erase(self._caption_blocks())
 
     def _caption_blocks(self) -> list[tuple[Tensor, Tensor]]:
+        """One (rows, anchor rows) block per caption; a judged prompt's block weighed by ``judged_scale`` (both
+        scaled by √w: the closed form's sums ``Σ W t cᵀ`` and ``Σ c cᵀ`` take it w times)."""
         if self.config.aligned:
-            return [self.text.aligned(c, " " if self.anchor_of(c) == "" else self.anchor_of(c)) for c in self.captions]
+            blocks = [self.text.aligned(c, " " if self.anchor_of(c) == "" else self.anchor_of(c))
+                      for c in self.captions]
         else:
             blocks = [(self.text.full(c), self.text.full(self.anchor_of(c))) for c in self.captions]
+        root = self.config.judged_scale ** 0.5
+        if root != 1.0:
+            judged = set(self.judged)
+            blocks = [(rows * root, targets * root) if caption in judged else (rows, targets)
+                      for (rows, targets), caption in zip(blocks, self.captions, strict=True)]
         return blocks
 
     def derive(self) -> list[tuple[Tensor, Tensor]]:
