@@ -12,6 +12,7 @@ so both are measured on the same, unselected prompts. The paper run keeps the st
 
     python bench/robust_concepts.py run --concepts star --recipes paper robust   # runs/concepts/star/…
     python bench/robust_concepts.py table --concepts star                        # the markdown table
+    python bench/robust_concepts.py table --compact --concepts star              # the README's paper → robust table
 
 Targets (issue 21): ≤ 5 % concept on every target kind, ≥ 98 % of neighbour and unrelated prompts kept.
 """
@@ -81,6 +82,22 @@ def report_summary(folder: Path, stage: str) -> dict[str, float]:
     return ClassifierAccuracy().summarize([r for r in rows if int(r["row"]) in report])
 
 
+def compact_table(concepts: list[str], out: Path) -> None:
+    """The README's table: paper → robust on the report split, one row per concept, both runs' kept stages."""
+    print("| concept | explicit | paraphrase | implicit | neighbours kept | unrelated kept | kept stages (paper, robust) |")
+    print("|---" * 7 + "|")
+    for concept in concepts:
+        folders = {recipe: Path(json.loads((out / concept / f"{recipe}.json").read_text())["folder"])
+                   for recipe in ("paper", "robust")}
+        stages = {recipe: kept_stage(folder) for recipe, folder in folders.items()}
+        summaries = {recipe: report_summary(folders[recipe], stages[recipe]) for recipe in folders}
+        cells = []
+        for _, key in KINDS:
+            values = [summaries[recipe].get(key) for recipe in ("paper", "robust")]
+            cells.append("–" if None in values else " → ".join(f"{100 * v:.0f}" for v in values) + " %")
+        print(f"| {concept} | " + " | ".join(cells) + f" | {stages['paper']}, {stages['robust']} |")
+
+
 def table(concepts: list[str], out: Path) -> None:
     print("| concept | recipe (kept stage) | explicit | paraphrase | implicit | neighbour kept | unrelated kept "
           "| targets met | wall time | peak memory |")
@@ -110,13 +127,19 @@ def main() -> None:
     parser.add_argument("--concepts", nargs="+", default=["star"])
     parser.add_argument("--recipes", nargs="+", default=["paper", "robust"], choices=["paper", "robust"])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "concepts")
-    parser.add_argument("extra", nargs="*", help="further `rece fit` arguments (after --)")
-    args = parser.parse_args()
+    parser.add_argument("--compact", action="store_true", help="the README's table (paper → robust per concept)")
+    parser.epilog = "further `rece fit` arguments go after --, e.g. -- --model.robust.judged_scale 10"
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args, extra = parser.parse_args(argv[:cut]), argv[cut + 1:]
     if args.action == "run":
         for concept in args.concepts:
             for recipe in args.recipes:
-                run(concept, recipe, args.out, args.extra)
-    table(args.concepts, args.out)
+                run(concept, recipe, args.out, extra)
+    if args.compact:
+        compact_table(args.concepts, args.out)
+    else:
+        table(args.concepts, args.out)
 
 
 if __name__ == "__main__":

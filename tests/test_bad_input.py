@@ -111,6 +111,8 @@ CASES: dict[str, tuple[Any, tuple[str, ...]]] = {
                          ("tokens long, more than the tokenizer's",)),
     "concept-also-preserved": (lambda r, f: _fit(r, "--model.uce.preserve", "[Triangle]"),
                                ("model.uce.preserve holds 'Triangle'", "cancel the erasure")),
+    "robust-judged-scale-zero": (lambda r, f: _fit(r, "--model.recipe", "robust", "--model.robust.judged_scale", "0"),
+                                 ("robust.judged_scale must be > 0",)),
 }
 
 
