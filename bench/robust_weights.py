@@ -1,0 +1,96 @@
+"""How much the judged prompts should weigh in the robust recipe's least squares (issue 21), measured in process.
+
+Takes a finished robust run of a testbed concept (``bench/robust_concepts.py run``), reads what its ``auto`` search
+found (``<run>/robust/auto.json`` and ``judged_prompts.csv``), and replays the recipe on the testbed with the judged
+prompts weighed:
+
+* ``--weight W``: every judged prompt that shows the concept weighs W (``robust.judged_scale``);
+* ``--boost B``: the weights start at 1, and before each iteration the judged prompts are generated on the current
+  edit (4 seeds, the run's seeds of the search) and judged by the testbed classifier. Each one that still shows the
+  concept in at least ``--keep`` images has its weight multiplied by B.
+
+After each iteration it generates the concept's shipped prompts and prints their rates on all rows and on the report
+half (the rows the robust stopping rule never sees).
+
+    python bench/robust_weights.py --run runs/concepts/triangle/robust.json --weight 10
+    python bench/robust_weights.py --run runs/concepts/triangle/robust.json --boost 4 --keep 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from robust_search import Harness  # noqa: E402
+
+from rece_lightning.lightning.selection_split import SelectionSplit  # noqa: E402
+from rece_lightning.recipes.robust.auto import judged_counts  # noqa: E402
+from rece_lightning.recipes.robust.config import RobustConfig  # noqa: E402
+from rece_lightning.recipes.robust.recipe import RobustRecipe  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+KEYS = ("concept_rate/explicit", "concept_rate/paraphrase", "concept_rate/implicit", "preservation/neighbour",
+        "preservation/unrelated")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, required=True, help="a robust run's record from bench/robust_concepts.py")
+    parser.add_argument("--weight", type=float, default=1.0)
+    parser.add_argument("--boost", type=float, default=1.0)
+    parser.add_argument("--keep", type=int, default=1)
+    parser.add_argument("--iterations", type=int, default=3)
+    args = parser.parse_args()
+    record = json.loads(args.run.read_text())
+    folder, concept = Path(record["folder"]), record["concept"]
+    found = json.loads((folder / "robust" / "auto.json").read_text())
+    settings = yaml.safe_load((REPO / "configs" / "testbed_robust.yaml").read_text())["model"]["robust"]
+    settings.pop("auto")
+    settings.update(concept_texts=found["concept_texts"], judged_prompts=str(folder / "robust" / "judged_prompts.csv"),
+                    selection_split=False, judged_scale=args.weight)
+    harness = Harness(concept)
+    rows = harness.shipped
+    _, report = SelectionSplit.split([{**row, "row": i} for i, row in enumerate(rows)])
+    module = harness.module
+    harness.reset()
+    recipe = RobustRecipe(module.editor, module.text, module.recipe.concepts, module.recipe.anchors,
+                          RobustConfig(**settings))
+    weights = dict.fromkeys(recipe.judged, args.weight)
+    plain_blocks = recipe._caption_blocks
+
+    def weighed_blocks():  # the recipe's blocks, each judged prompt's scaled by √(its current weight / W)
+        return [(c * (weights[p] / args.weight) ** 0.5, t * (weights[p] / args.weight) ** 0.5) if p in weights
+                else (c, t) for (c, t), p in zip(plain_blocks(), recipe.captions, strict=True)]
+
+    recipe._caption_blocks = weighed_blocks
+    start = time.perf_counter()
+    recipe.first_edit()
+    for index in range(1, args.iterations + 1):
+        if args.boost != 1.0:
+            module.editor.apply()
+            counts, _ = judged_counts(module.generate, harness.metric.judge, concept, recipe.judged, 4)
+            shown = [p for p, n in zip(recipe.judged, counts, strict=True) if n >= args.keep]
+            for prompt in shown:
+                weights[prompt] *= args.boost
+            print(f"before rece-{index}: {len(shown)} judged prompts still show {concept!r}: {shown}", flush=True)
+        recipe.iteration()
+        module.editor.apply()
+        images = module.generate([r["prompt"] for r in rows], [int(r["evaluation_seed"]) for r in rows])
+        records = harness.metric.score(images, rows)
+        every = harness.metric.summarize(records)
+        half = harness.metric.summarize([r for i, r in enumerate(records) if i in report])
+        print(f"{concept} weight {args.weight:g} boost {args.boost:g} rece-{index}  all: "
+              + " ".join(f"{100 * every.get(k, float('nan')):5.1f}" for k in KEYS) + "  report: "
+              + " ".join(f"{100 * half.get(k, float('nan')):5.1f}" for k in KEYS)
+              + f"  ({time.perf_counter() - start:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
