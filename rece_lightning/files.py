@@ -27,8 +27,21 @@ from torch import Tensor
 
 from rece_lightning.errors import RECEError
 
-__all__ = ["atomic_dir", "atomic_path", "check_readable_file", "check_writable_dir", "file_sha256", "read_csv",
-           "tensor_sha256"]
+__all__ = ["CACHE_DIR_ENV", "atomic_dir", "atomic_path", "cache_dir", "check_readable_file", "check_writable_dir",
+           "file_sha256", "read_csv", "tensor_sha256"]
+
+CACHE_DIR_ENV = "RECE_CACHE_DIR"
+"""Environment variable: the package's cache folder (evaluations, robust searches, generated testbed prompts)."""
+
+
+def cache_dir() -> Path:
+    """The package's cache folder: ``$RECE_CACHE_DIR``, else ``$XDG_CACHE_HOME/rece-lightning``, else
+    ``~/.cache/rece-lightning``. The evaluation cache, the robust ``auto`` search (``robust/``) and the generated
+    testbed prompt sets (``testbed-prompts/``) live under it."""
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "rece-lightning"
 
 
 def _default_mode(directory: bool) -> int:

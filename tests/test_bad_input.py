@@ -84,6 +84,8 @@ CASES: dict[str, tuple[Any, tuple[str, ...]]] = {
     "csv-folder": (lambda r, f: _validate(r, f["folder"]), ("is a folder",)),
     "csv-symlink-loop": (lambda r, f: _validate(r, f["loop"]), ("is a symlink loop",)),
     "csv-empty": (lambda r, f: _validate(r, f["empty.csv"]), ("empty.csv is empty",)),
+    "testbed-set-unknown": (lambda r, f: _validate(r, "testbed:hexagon"),
+                            ("'testbed:hexagon' names no testbed prompt set", "circle, square, triangle")),
     "csv-not-utf8": (lambda r, f: _validate(r, f["latin1.csv"]), ("is not UTF-8 text", "line 2")),
     # data options
     "data-limit-negative": (lambda r, f: _fit(r, "--data.limit", "-1"), ("data.limit must be an integer ≥ 1",)),

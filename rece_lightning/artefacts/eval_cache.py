@@ -37,25 +37,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rece_lightning.files import atomic_path, file_sha256, tensor_sha256
+from rece_lightning.files import CACHE_DIR_ENV, atomic_path, cache_dir, file_sha256, tensor_sha256
 
 __all__ = ["CACHE_DIR_ENV", "CACHE_ENV", "EvalCache", "cache_dir", "cache_enabled", "content_key", "model_identity",
            "pack_records", "unpack_records"]
 
-CACHE_DIR_ENV = "RECE_CACHE_DIR"
-"""Environment variable: the cache folder."""
 CACHE_ENV = "RECE_CACHE"
 """Environment variable: ``0`` (or ``false``, ``off``, ``no``) turns the cache off (``rece --no-cache`` sets it)."""
 FORMAT = 1
 """Version of the entry layout (part of every key)."""
-
-
-def cache_dir() -> Path:
-    """``$RECE_CACHE_DIR``, else ``$XDG_CACHE_HOME/rece-lightning``, else ``~/.cache/rece-lightning``."""
-    if os.environ.get(CACHE_DIR_ENV):
-        return Path(os.environ[CACHE_DIR_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "rece-lightning"
 
 
 def cache_enabled() -> bool:

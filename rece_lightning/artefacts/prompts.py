@@ -37,7 +37,12 @@ def resolve_prompts(path: str | Path) -> Path:
             return Path(prompt_csv(name))
         if name.endswith("-ring-a-bell") and name.removesuffix("-ring-a-bell") in TESTBED_CONCEPTS:
             return Path(pairs_csv(name.removesuffix("-ring-a-bell")))
-        return Path(PROMPTS_DIR) / f"{name}.csv"
+        shipped = Path(PROMPTS_DIR) / f"{name}.csv"
+        if not shipped.is_file():
+            raise RECEError(f"{text!r} names no testbed prompt set; use testbed:<value> with a shape, colour or "
+                            f"pattern of the testbed world ({', '.join(TESTBED_CONCEPTS)}), or "
+                            "testbed:<value>-ring-a-bell for its Ring-A-Bell pairs")
+        return shipped
     return Path(path)
 
 

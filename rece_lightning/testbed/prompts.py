@@ -222,10 +222,9 @@ def prompt_csv(concept: str) -> str:
 def generated_csv(name: str, text: str) -> str:
     """Path of a generated testbed file ``name`` holding ``text``: written atomically under
     ``$RECE_CACHE_DIR/testbed-prompts`` (default ``~/.cache/rece-lightning``) when missing or different."""
-    from rece_lightning.files import atomic_path
+    from rece_lightning.files import atomic_path, cache_dir
 
-    root = os.environ.get("RECE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "rece-lightning")
-    path = os.path.join(root, "testbed-prompts", name)
+    path = os.path.join(cache_dir(), "testbed-prompts", name)
     if not os.path.isfile(path) or _read_text(path) != text:
         with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)

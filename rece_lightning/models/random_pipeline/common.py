@@ -108,20 +108,26 @@ def make_module(factory, full: bool, seed: int, dtype: torch.dtype) -> nn.Module
 
 def sd_vae(full: bool, seed: int, dtype: torch.dtype, **extra):
     """The Stable Diffusion VAE: the real shapes (``full``) or diffusers' test sizes; ``extra``: further
-    ``AutoencoderKL`` arguments."""
+    ``AutoencoderKL`` arguments (they override ``latent_channels=4`` and, for ``full``, ``sample_size=512``)."""
     from diffusers import AutoencoderKL
 
     if full:
+        settings = {"latent_channels": 4, "sample_size": 512, **extra}
         return make_module(lambda: AutoencoderKL(
-            block_out_channels=[128, 256, 512, 512], in_channels=3, out_channels=3, latent_channels=extra.pop(
-                "latent_channels", 4), down_block_types=["DownEncoderBlock2D"] * 4,
-            up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=2, sample_size=512, **extra), True, seed, dtype)
+            block_out_channels=[128, 256, 512, 512], in_channels=3, out_channels=3,
+            down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=2,
+            **settings), True, seed, dtype)
     return AutoencoderKL(
-        block_out_channels=[4, 8], in_channels=3, out_channels=3, latent_channels=extra.pop("latent_channels", 4),
-        norm_num_groups=2, down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-        **extra)
+        block_out_channels=[4, 8], in_channels=3, out_channels=3, norm_num_groups=2,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+        **{"latent_channels": 4, **extra})
 
 
+def full_flow_vae(seed: int, dtype: torch.dtype, scaling_factor: float, shift_factor: float):
+    """The 16-channel VAE of the flow-matching pipelines at its real shapes (SD3, Flux, HiDream; each release has
+    its own scaling and shift): the Stable Diffusion VAE without quant convs, sample size 1024."""
+    return sd_vae(True, seed, dtype, latent_channels=16, sample_size=1024, use_quant_conv=False,
+                  use_post_quant_conv=False, scaling_factor=scaling_factor, shift_factor=shift_factor)
 
 
 def make_denoiser(factory, size: Size, seed: int, dtype: torch.dtype) -> nn.Module:

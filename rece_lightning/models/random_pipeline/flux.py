@@ -11,6 +11,7 @@ from rece_lightning.models.random_pipeline.common import (
     Size,
     clip_config,
     clip_tokenizer,
+    full_flow_vae,
     make_denoiser,
     make_module,
     make_t5_config,
@@ -22,7 +23,7 @@ from rece_lightning.models.random_pipeline.common import (
 def build_flux(tokenizer_path: str | Path, size: Size = "tiny", seed: int = 0, dtype=torch.float32):
     """Flux: CLIP (pooled) + T5 encoders and a ``FluxTransformer2DModel``. ``tiny``: diffusers' Flux test sizes
     (T5 width 32); ``full``: FLUX.1-dev (T5-XXL width 4096, 19 + 38 blocks of width 3072, guidance embedding)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel, T5EncoderModel
 
     torch.manual_seed(seed)
@@ -35,11 +36,7 @@ def build_flux(tokenizer_path: str | Path, size: Size = "tiny", seed: int = 0, d
                                 pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
         text_config = clip_config(tokenizer, 768, 12, 12, 3072)
         t5_config = make_t5_config(True)
-        vae = make_module(lambda: AutoencoderKL(
-            block_out_channels=[128, 256, 512, 512], in_channels=3, out_channels=3, latent_channels=16,
-            down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=2,
-            sample_size=1024, use_quant_conv=False, use_post_quant_conv=False, scaling_factor=0.3611,
-            shift_factor=0.1159), True, seed + 3, dtype)
+        vae = full_flow_vae(seed + 3, dtype, scaling_factor=0.3611, shift_factor=0.1159)
     else:
         transformer_args = dict(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
                                 num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,

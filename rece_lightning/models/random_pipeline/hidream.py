@@ -23,6 +23,7 @@ from rece_lightning.models.random_pipeline.common import (
     T5_WORDS,
     clip_config,
     clip_tokenizer,
+    full_flow_vae,
     make_module,
     make_t5_config,
     tiny_flow_vae,
@@ -54,7 +55,6 @@ def tiny_llama_tokenizer(max_length: int = 131072):
 def build_hidream(tokenizer_path: str | Path, size: Size = "tiny", seed: int = 0, dtype=torch.float32):
     """HiDream-I1 (see the module docstring)."""
     from diffusers import (
-        AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
         HiDreamImagePipeline,
         HiDreamImageTransformer2DModel,
@@ -81,11 +81,7 @@ def build_hidream(tokenizer_path: str | Path, size: Size = "tiny", seed: int = 0
         llama_config = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                                    num_attention_heads=32, num_key_value_heads=8, rms_norm_eps=1e-5,
                                    max_position_embeddings=131072, rope_theta=500000.0, **special)
-        vae = make_module(lambda: AutoencoderKL(
-            block_out_channels=[128, 256, 512, 512], in_channels=3, out_channels=3, latent_channels=16,
-            down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=2,
-            sample_size=1024, use_quant_conv=False, use_post_quant_conv=False, scaling_factor=0.3611,
-            shift_factor=0.1159), True, seed + 5, dtype)
+        vae = full_flow_vae(seed + 5, dtype, scaling_factor=0.3611, shift_factor=0.1159)
     else:  # diffusers' tests/pipelines/hidream_image/test_pipeline_hidream.py
         transformer_args = dict(patch_size=2, in_channels=4, out_channels=4, num_layers=1, num_single_layers=2,
                                 attention_head_dim=8, num_attention_heads=16, caption_channels=[32, 64],

@@ -23,7 +23,7 @@ Shape = Literal["tiny", "tiny-sd2", "sd14"]
 def build_random_pipeline(tokenizer_path: str | Path, shape: Shape = "tiny", seed: int = 0, dtype=torch.float32):
     """A ``StableDiffusionPipeline`` with random weights and the real CLIP tokenizer found at ``tokenizer_path``
     (``tiny``, ``tiny-sd2``: diffusers' test sizes; ``sd14``: Stable Diffusion 1.4's shapes)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
@@ -37,11 +37,7 @@ def build_random_pipeline(tokenizer_path: str | Path, shape: Shape = "tiny", see
             sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=blocks,
             down_block_types=down, up_block_types=up, cross_attention_dim=width, attention_head_dim=heads,
         )
-        vae = AutoencoderKL(
-            block_out_channels=[128, 256, 512, 512], in_channels=3, out_channels=3, latent_channels=4,
-            down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-            layers_per_block=2, sample_size=512,
-        )
+        vae = sd_vae(True, seed + 2, dtype)
     else:
         width, text_layers, text_heads, inter = (32, 2, 4, 37)
         unet = UNet2DConditionModel(
@@ -49,10 +45,7 @@ def build_random_pipeline(tokenizer_path: str | Path, shape: Shape = "tiny", see
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=width, norm_num_groups=2, attention_head_dim=2,
         )
-        vae = AutoencoderKL(
-            block_out_channels=[4, 8], in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=2,
-            down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-        )
+        vae = sd_vae(False, seed, dtype)
     text_config = CLIPTextConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         hidden_size=width, intermediate_size=inter, num_attention_heads=text_heads, num_hidden_layers=text_layers,

@@ -11,6 +11,7 @@ from rece_lightning.models.random_pipeline.common import (
     Size,
     clip_config,
     clip_tokenizer,
+    full_flow_vae,
     make_denoiser,
     make_module,
     make_t5_config,
@@ -27,7 +28,6 @@ def build_sd3(tokenizer_path: str | Path, size: Size = "tiny", seed: int = 0, dt
     zero-padded as in the real model; ``full``: SD3-medium (CLIP-L 768 + OpenCLIP-bigG 1280, T5-XXL 4096, 24 blocks of
     24 × 64 heads, ``context_embedder`` 4096 → 1536, 16 latent channels)."""
     from diffusers import (
-        AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
         SD3Transformer2DModel,
         StableDiffusion3Pipeline,
@@ -46,11 +46,7 @@ def build_sd3(tokenizer_path: str | Path, size: Size = "tiny", seed: int = 0, dt
         config_1 = clip_config(tokenizer, 768, 12, 12, 3072, projection=768)
         config_2 = clip_config(tokenizer_2, 1280, 32, 20, 5120, "gelu", projection=1280)
         t5_config = make_t5_config(True)
-        vae = make_module(lambda: AutoencoderKL(
-            block_out_channels=[128, 256, 512, 512], in_channels=3, out_channels=3, latent_channels=16,
-            down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=2,
-            sample_size=1024, use_quant_conv=False, use_post_quant_conv=False, scaling_factor=1.5305,
-            shift_factor=0.0609), True, seed + 4, dtype)
+        vae = full_flow_vae(seed + 4, dtype, scaling_factor=1.5305, shift_factor=0.0609)
     else:  # diffusers' tests/pipelines/stable_diffusion_3/test_pipeline_stable_diffusion_3.py
         transformer_args = dict(sample_size=32, patch_size=1, in_channels=4, out_channels=4, num_layers=1,
                                 attention_head_dim=8, num_attention_heads=4, joint_attention_dim=96,

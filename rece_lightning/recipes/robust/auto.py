@@ -30,7 +30,6 @@ setting of the search, so a second run on the same model skips the search and a 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -192,8 +191,10 @@ def read_captions(source: str, n: int, sample_seed: int = 7) -> list[str]:
 
 # --------------------------------------------------------------------------------------------------- cache
 def cache_root() -> Path:
-    """``$RECE_CACHE_DIR`` (default ``~/.cache/rece-lightning``)."""
-    return Path(os.environ.get("RECE_CACHE_DIR") or Path.home() / ".cache" / "rece-lightning")
+    """The package's cache folder (:func:`rece_lightning.files.cache_dir`); the searches go to its ``robust/``."""
+    from rece_lightning.files import cache_dir
+
+    return cache_dir()
 
 
 def cache_key(original: Mapping[str, torch.Tensor], about: Mapping[str, Any]) -> str:
