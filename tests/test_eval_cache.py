@@ -211,14 +211,14 @@ def test_grid_key_follows_the_rows_shown_the_layout_and_the_judge():
 def test_every_cache_of_the_package_lives_under_one_folder(tmp_path, monkeypatch):
     """The evaluation cache, the robust search cache and the generated testbed prompt sets all follow
     ``$RECE_CACHE_DIR``, else ``$XDG_CACHE_HOME/rece-lightning`` (one owner: ``rece_lightning.files.cache_dir``)."""
-    from rece_lightning.recipes.robust.auto import cache_root
+    from rece_lightning.files import cache_dir
     from rece_lightning.testbed.prompts import prompt_csv
 
     monkeypatch.delenv("RECE_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     root = tmp_path / "xdg" / "rece-lightning"
-    assert EvalCache().root == root and cache_root() == root
+    assert EvalCache().root == root and cache_dir() == root
     assert Path(prompt_csv("star")).parent == root / "testbed-prompts"
     monkeypatch.setenv("RECE_CACHE_DIR", str(tmp_path / "mine"))
-    assert EvalCache().root == cache_root() == tmp_path / "mine"
+    assert EvalCache().root == cache_dir() == tmp_path / "mine"
     assert Path(prompt_csv("star")).is_file() and Path(prompt_csv("star")).parent == tmp_path / "mine" / "testbed-prompts"

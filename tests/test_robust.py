@@ -434,8 +434,8 @@ def test_auto_settings_are_found_in_the_run_written_and_cached(tiny_sd1, tmp_pat
     and the cache, a second run reads the cache; the stopping rule's selection split is written beside."""
     import json
 
+    from rece_lightning.files import cache_dir
     from rece_lightning.lightning.cli import main
-    from rece_lightning.recipes.robust.auto import cache_root
     from rece_lightning.recipes.robust.expansion import vocabulary_words
     from tests.conftest import REPO
 
@@ -457,7 +457,7 @@ def test_auto_settings_are_found_in_the_run_written_and_cached(tiny_sd1, tmp_pat
     assert first["concept_texts"] == ["nude", *first["expansion"]["found"]] == second["concept_texts"]
     judged = {r["prompt"]: r["shows_concept"] for r in first["judged"]}
     assert judged == {"a naked sunbather": 1, "a bowl of fruit": 0, "a quiet harbour": 0}
-    assert (cache_root() / "robust" / f"{first['key']}.json").is_file()
+    assert (cache_dir() / "robust" / f"{first['key']}.json").is_file()
     assert (version / "robust" / "judged_prompts.csv").read_text().startswith("prompt,shows_concept")
     selection = json.loads((version / "robust" / "selection.json").read_text())
     chosen = {r["row"] for r in selection["selection"]}

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from rece_lightning.errors import RECEError
-from rece_lightning.files import atomic_path
+from rece_lightning.files import atomic_path, cache_dir
 from rece_lightning.recipes.robust.expansion import score_vocabulary, vocabulary_words
 
 AUTO = "auto"
@@ -52,7 +52,6 @@ SEED_OFFSET = 500_000
 
 Generate = Callable[[list[str], list[int]], list[Any]]
 """``generate(prompts, seeds) -> images`` of the original model (:meth:`~rece_lightning.lightning.module.RECEModule.generate`)."""
-
 
 
 @dataclass
@@ -190,13 +189,6 @@ def read_captions(source: str, n: int, sample_seed: int = 7) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------- cache
-def cache_root() -> Path:
-    """The package's cache folder (:func:`rece_lightning.files.cache_dir`); the searches go to its ``robust/``."""
-    from rece_lightning.files import cache_dir
-
-    return cache_dir()
-
-
 def cache_key(original: Mapping[str, torch.Tensor], about: Mapping[str, Any]) -> str:
     """SHA-256 of the model's original K/V weights bound to the JSON of everything else the search depends on
     (:func:`rece_lightning.files.tensor_sha256`), first 16 hex digits."""
@@ -207,7 +199,7 @@ def cache_key(original: Mapping[str, torch.Tensor], about: Mapping[str, Any]) ->
 
 def read_cache(key: str) -> dict[str, Any] | None:
     """A cached search result, or ``None`` (missing or unreadable entries are ignored)."""
-    path = cache_root() / "robust" / f"{key}.json"
+    path = cache_dir() / "robust" / f"{key}.json"
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from rece_lightning.errors import RECEError
+from rece_lightning.files import cache_dir
 from rece_lightning.maths.editor import KVEditor
 from rece_lightning.models.text import TextEncoder
 from rece_lightning.recipes.robust.auto import AUTO, world_neighbours, world_phrasings
@@ -246,7 +247,7 @@ class RobustRecipe:
                                         captions=auto.read_captions(settings.captions, settings.samples))
                 found["judged"] = [asdict(r) for r in judged]
             if settings.cache:
-                auto.write_json(found, auto.cache_root() / "robust" / f"{key}.json")
+                auto.write_json(found, cache_dir() / "robust" / f"{key}.json")
         folder = Path(folder)
         if "expansion" in found:
             cfg.concept_texts = [*self.synonyms(), *found["expansion"]["found"]]
