@@ -5,15 +5,19 @@ found (``<run>/robust/auto.json`` and ``judged_prompts.csv``), and replays the r
 prompts weighed:
 
 * ``--weight W``: every judged prompt that shows the concept weighs W (``robust.judged_scale``);
+* ``--preserve P``: every judged prompt that never shows it weighs P among the preserved texts
+  (``robust.judged_preserve_scale``; the run's own preset value when not given);
 * ``--boost B``: the weights start at 1, and before each iteration the judged prompts are generated on the current
   edit (4 seeds, the run's seeds of the search) and judged by the testbed classifier. Each one that still shows the
   concept in at least ``--keep`` images has its weight multiplied by B.
 
-After each iteration it generates the concept's shipped prompts and prints their rates on all rows and on the report
-half (the rows the robust stopping rule never sees).
+After each stage it generates the concept's shipped prompts and prints their rates on the selection half (what the
+robust stopping rule reads) and on the report half (the rows it never sees); with ``--heldout`` also on the held-out
+prompts of ``bench/robust_search.py`` (new wordings, the rows the original model gets right).
 
     python bench/robust_weights.py --run runs/concepts/triangle/robust.json --weight 10
     python bench/robust_weights.py --run runs/concepts/triangle/robust.json --boost 4 --keep 1
+    python bench/robust_weights.py --run runs/concepts/heart/robust.json --preserve 3 --heldout
 """
 
 from __future__ import annotations
@@ -46,7 +50,9 @@ def main() -> None:
     parser.add_argument("--weight", type=float, default=1.0)
     parser.add_argument("--boost", type=float, default=1.0)
     parser.add_argument("--keep", type=int, default=1)
+    parser.add_argument("--preserve", type=float, default=None, help="robust.judged_preserve_scale")
     parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--heldout", action="store_true", help="also the held-out prompts of robust_search.py")
     args = parser.parse_args()
     record = json.loads(args.run.read_text())
     folder, concept = Path(record["folder"]), record["concept"]
@@ -55,9 +61,13 @@ def main() -> None:
     settings.pop("auto")
     settings.update(concept_texts=found["concept_texts"], judged_prompts=str(folder / "robust" / "judged_prompts.csv"),
                     selection_split=False, judged_scale=args.weight)
+    if args.preserve is not None:
+        settings["judged_preserve_scale"] = args.preserve
+    if not args.heldout:
+        Harness.valid_rows = lambda self, rows: []  # the held-out rows are generated only when asked for
     harness = Harness(concept)
     rows = harness.shipped
-    _, report = SelectionSplit.split([{**row, "row": i} for i, row in enumerate(rows)])
+    select, report = SelectionSplit.split([{**row, "row": i} for i, row in enumerate(rows)])
     module = harness.module
     harness.reset()
     recipe = RobustRecipe(module.editor, module.text, module.recipe.concepts, module.recipe.anchors,
@@ -71,7 +81,24 @@ def main() -> None:
 
     recipe._caption_blocks = weighed_blocks
     start = time.perf_counter()
+    label = (f"{concept} weight {args.weight:g} boost {args.boost:g} preserve "
+             f"{recipe.config.judged_preserve_scale:g}")
+
+    def measure(stage: str) -> None:
+        module.editor.apply()
+        images = module.generate([r["prompt"] for r in rows], [int(r["evaluation_seed"]) for r in rows])
+        records = harness.metric.score(images, rows)
+        halves = [harness.metric.summarize([r for i, r in enumerate(records) if i in half])
+                  for half in (select, report)]
+        if args.heldout:
+            halves.append(harness.measure(harness.heldout))
+        print(f"{label} {stage:<7}" + "".join(
+            f"  {name}: " + " ".join(f"{100 * half.get(k, float('nan')):5.1f}" for k in KEYS)
+            for name, half in zip(("selection", "report", "held-out"), halves, strict=False))
+            + f"  ({time.perf_counter() - start:.0f} s)", flush=True)
+
     recipe.first_edit()
+    measure("uce")
     for index in range(1, args.iterations + 1):
         if args.boost != 1.0:
             module.editor.apply()
@@ -81,16 +108,7 @@ def main() -> None:
                 weights[prompt] *= args.boost
             print(f"before rece-{index}: {len(shown)} judged prompts still show {concept!r}: {shown}", flush=True)
         recipe.iteration()
-        module.editor.apply()
-        images = module.generate([r["prompt"] for r in rows], [int(r["evaluation_seed"]) for r in rows])
-        records = harness.metric.score(images, rows)
-        every = harness.metric.summarize(records)
-        half = harness.metric.summarize([r for i, r in enumerate(records) if i in report])
-        print(f"{concept} weight {args.weight:g} boost {args.boost:g} rece-{index}  all: "
-              + " ".join(f"{100 * every.get(k, float('nan')):5.1f}" for k in KEYS) + "  report: "
-              + " ".join(f"{100 * half.get(k, float('nan')):5.1f}" for k in KEYS)
-              + f"  ({time.perf_counter() - start:.0f} s)", flush=True)
-
+        measure(f"rece-{index}")
 
 if __name__ == "__main__":
     main()

@@ -115,6 +115,9 @@ CASES: dict[str, tuple[Any, tuple[str, ...]]] = {
                                ("model.uce.preserve holds 'Triangle'", "cancel the erasure")),
     "robust-judged-scale-zero": (lambda r, f: _fit(r, "--model.recipe", "robust", "--model.robust.judged_scale", "0"),
                                  ("robust.judged_scale must be > 0",)),
+    "robust-judged-preserve-scale-negative": (
+        lambda r, f: _fit(r, "--model.recipe", "robust", "--model.robust.judged_preserve_scale", "-1"),
+        ("robust.judged_preserve_scale must be > 0",)),
 }
 
 

@@ -215,6 +215,44 @@ def test_judged_scale_weighs_a_judged_prompt_as_if_it_were_erased_that_many_time
     with pytest.raises(RECEError, match="judged_scale"):
         RobustConfig(judged_scale=0).check()
 
+
+def test_judged_preserve_scale_weighs_a_kept_judged_prompt_as_if_it_were_preserved_that_many_times(tiny_sd1, tmp_path):
+    """``judged_preserve_scale: w`` scales the rows of a judged prompt that never shows the concept by √w. The
+    oracle is the plain closed form with that prompt's rows repeated w times among the preserved rows; the weighed
+    prompt's keys and values end nearer their original ones, and no other preserved text is weighed."""
+    judged = tmp_path / "judged.csv"
+    judged.write_text("prompt,shows_concept,votes,seeds,anchor\na sunbather on the beach,1,4,4,a person on the beach\n"
+                      "a woman at the beach,0,0,4,\n")
+    settings = {"templates": ["{}", "a photo of {}"], "neighbours": ["a dress"], "preserve_scale": 1.0,
+                "lamb": 0.01, "judged_prompts": str(judged)}
+
+    def edited(scale: float) -> tuple[RECEModule, dict]:
+        m = RECEModule(pretrained=str(tiny_sd1), concepts=["nudity"], anchor="a person", recipe="robust",
+                       robust={**settings, "judged_preserve_scale": scale}, validate_original=False)
+        m.robust.first_edit()
+        return m, {kind: t.clone() for kind, t in m.editor.maps.items()}
+
+    weighed, maps = edited(4.0)
+    recipe, editor = weighed.robust, weighed.editor
+    assert recipe.judged_other == ["a woman at the beach"]
+    plain = torch.cat([weighed.text.full(t) for t in recipe.preserved])
+    repeated = torch.cat([plain, *3 * [weighed.text.full("a woman at the beach")]])
+    blocks = [(weighed.text.full(c), weighed.text.full(recipe.anchor_of(c))) for c in recipe.captions]
+    editor.reset()
+    editor.erase(blocks, repeated, lamb=0.01, erase_scale=1.0, preserve_scale=1.0)
+    for kind, t in editor.maps.items():
+        torch.testing.assert_close(maps[kind], t, rtol=1e-9, atol=1e-9)
+
+    unweighed, _ = edited(1.0)
+
+    def drift(m: RECEModule) -> float:
+        before = _outputs(m, "a woman at the beach", edited=False)
+        return float((_outputs(m, "a woman at the beach", edited=True) - before).norm() / before.norm())
+
+    assert drift(weighed) < 0.9 * drift(unweighed)
+    with pytest.raises(RECEError, match="judged_preserve_scale"):
+        RobustConfig(judged_preserve_scale=0).check()
+
 def test_module_runs_the_robust_stages(robust_module):
     m = robust_module
     assert m.hparams.recipe == "robust" and m.hparams.robust["iterations"] == 2

@@ -37,6 +37,10 @@ class RobustConfig:
             term of the UCE least squares by w: ``w ‖W′c − Wt‖²`` (the same as erasing it w times). The judge saw
             the concept in these prompts' images, so the edit can be told to fit them harder than the many
             template captions that outnumber them.
+        judged_preserve_scale: the weight of each judged prompt that never shows the concept among the preserved
+            texts (1 = the same as the others), applied the same way (rows scaled by √w: ``w ‖W′c − Wc‖²``). The
+            judge saw these prompts drawn without the concept on the original model; they are the world's other
+            cues ("a slice of pizza" for the heart), which a broad erasure otherwise changes image by image.
         gammas: γ values of RECE's derivation; one embedding per caption and per γ each iteration.
         erase_prompts: prompts showing the concept, erased as captions: a list, a CSV file (``prompt`` column) or
             ``testbed`` (captions of the testbed's training grammar, explicit templates only).
@@ -75,6 +79,7 @@ class RobustConfig:
     erase_scale: float = 1.0
     preserve_scale: float = 1.0
     judged_scale: float = 1.0
+    judged_preserve_scale: float = 1.0
     gammas: list[float] = field(default_factory=lambda: [0.1])
     derive_captions: bool = True
     anchor_in_context: bool = False
@@ -116,6 +121,7 @@ class RobustConfig:
         check_number("robust.erase_scale", self.erase_scale, maximum=MAX_WEIGHT)
         check_number("robust.preserve_scale", self.preserve_scale, maximum=MAX_WEIGHT)
         check_number("robust.judged_scale", self.judged_scale, strict=True, maximum=MAX_WEIGHT)
+        check_number("robust.judged_preserve_scale", self.judged_preserve_scale, strict=True, maximum=MAX_WEIGHT)
         if not self.gammas or any(g < 0 for g in self.gammas):
             raise RECEError(f"robust.gammas must be a non-empty list of values ≥ 0, got {self.gammas}")
         if self.judged_prompts not in (None, AUTO):

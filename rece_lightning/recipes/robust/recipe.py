@@ -91,6 +91,7 @@ class RobustRecipe:
         judged_shown, judged_other = ({}, []) if config.judged_prompts is None else read_judged(config.judged_prompts)
         self.captions += [prompt for prompt in judged_shown if prompt not in self.captions]
         self.judged = list(judged_shown)
+        self.judged_other = list(judged_other)
         self.caption_anchor: dict[str, str] = {}
         for template in config.templates:
             for phrase in phrases:
@@ -137,8 +138,11 @@ class RobustRecipe:
         return self.caption_anchor.get(text, self._concept_anchor(text))
 
     def preserved_rows(self) -> Tensor:
-        """All token rows of the preserved texts, stacked (the preserve term of every robust edit)."""
-        return torch.cat([self.text.full(t) for t in self.preserved])
+        """All token rows of the preserved texts, stacked (the preserve term of every robust edit); a judged prompt
+        that never shows the concept weighed by ``judged_preserve_scale`` (its rows scaled by √w)."""
+        root = self.config.judged_preserve_scale ** 0.5
+        weighed = set(self.judged_other) if root != 1.0 else set()
+        return torch.cat([self.text.full(t) * root if t in weighed else self.text.full(t) for t in self.preserved])
 
     def _erase(self, blocks: list[tuple[Tensor, Tensor]]) -> None:
         cfg = self.config
