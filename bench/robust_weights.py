@@ -110,5 +110,6 @@ def main() -> None:
         recipe.iteration()
         measure(f"rece-{index}")
 
+
 if __name__ == "__main__":
     main()

@@ -14,8 +14,8 @@ longer breaks neighbours. The robust recipe keeps RECE's closed forms but change
   scale so that the least-squares edit removes only what tells the concept apart from them;
 * **judged prompts** (``judged_prompts``): prompts labelled by a judge on the original model
   (:mod:`rece_lightning.lightning.judged_prompts`: the testbed's implicit captions) — those that show the concept are erased, towards an
-  anchor describing the judged image without the concept when the file gives one, the others preserved (a discrete,
-  caption-level counterpart of the derivation);
+  anchor describing the judged image without the concept when the file gives one, the others preserved (weighed by
+  ``judged_preserve_scale``; a discrete, caption-level counterpart of the derivation);
 * **many derivations per iteration**: RECE's closed-form embedding is derived from every caption and for every
   ``gammas`` value (not one per concept), and all are erased together;
 * **concept expansion** (``expand``): vocabulary words whose edited K/V outputs are still closer to the concept's
