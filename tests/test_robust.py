@@ -253,6 +253,7 @@ def test_judged_preserve_scale_weighs_a_kept_judged_prompt_as_if_it_were_preserv
     with pytest.raises(RECEError, match="judged_preserve_scale"):
         RobustConfig(judged_preserve_scale=0).check()
 
+
 def test_module_runs_the_robust_stages(robust_module):
     m = robust_module
     assert m.hparams.recipe == "robust" and m.hparams.robust["iterations"] == 2
