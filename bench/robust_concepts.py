@@ -82,20 +82,31 @@ def report_summary(folder: Path, stage: str) -> dict[str, float]:
     return ClassifierAccuracy().summarize([r for r in rows if int(r["row"]) in report])
 
 
+def kept_report(out: Path, concept: str, recipe: str) -> tuple[dict, str, dict[str, float]] | None:
+    """A recorded run (``<out>/<concept>/<recipe>.json``), its kept stage and that stage's report-split summary;
+    ``None`` when the run was not recorded."""
+    path = out / concept / f"{recipe}.json"
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    folder = Path(result["folder"])
+    stage = kept_stage(folder)
+    return result, stage, report_summary(folder, stage)
+
+
 def compact_table(concepts: list[str], out: Path) -> None:
     """The README's table: paper → robust on the report split, one row per concept, both runs' kept stages."""
     print("| concept | explicit | paraphrase | implicit | neighbours kept | unrelated kept | kept stages (paper, robust) |")
     print("|---" * 7 + "|")
     for concept in concepts:
-        folders = {recipe: Path(json.loads((out / concept / f"{recipe}.json").read_text())["folder"])
-                   for recipe in ("paper", "robust")}
-        stages = {recipe: kept_stage(folder) for recipe, folder in folders.items()}
-        summaries = {recipe: report_summary(folders[recipe], stages[recipe]) for recipe in folders}
+        runs = {recipe: kept_report(out, concept, recipe) for recipe in ("paper", "robust")}
+        if None in runs.values():
+            raise SystemExit(f"{concept}: the compact table needs both runs (bench/robust_concepts.py run)")
         cells = []
         for _, key in KINDS:
-            values = [summaries[recipe].get(key) for recipe in ("paper", "robust")]
+            values = [summary.get(key) for _, _, summary in runs.values()]
             cells.append("–" if None in values else " → ".join(f"{100 * v:.0f}" for v in values) + " %")
-        print(f"| {concept} | " + " | ".join(cells) + f" | {stages['paper']}, {stages['robust']} |")
+        print(f"| {concept} | " + " | ".join(cells) + f" | {runs['paper'][1]}, {runs['robust'][1]} |")
 
 
 def table(concepts: list[str], out: Path) -> None:
@@ -104,13 +115,10 @@ def table(concepts: list[str], out: Path) -> None:
     print("|---" * 10 + "|")
     for concept in concepts:
         for recipe in ("paper", "robust"):
-            path = out / concept / f"{recipe}.json"
-            if not path.is_file():
+            recorded = kept_report(out, concept, recipe)
+            if recorded is None:
                 continue
-            result = json.loads(path.read_text())
-            folder = Path(result["folder"])
-            stage = kept_stage(folder)
-            summary = report_summary(folder, stage)
+            result, stage, summary = recorded
             cells, met = [], True
             for _, key in KINDS:
                 value = summary.get(key)

@@ -161,9 +161,11 @@ PAPER = {"uce": {"lamb": 0.5, "erase_scale": 1.0, "preserve_scale": 1.0, "preser
 
 
 class Harness:
-    """The testbed loaded once; ``measure`` generates and classifies a prompt set with the current edit."""
+    """The testbed loaded once; ``measure`` generates and classifies a prompt set with the current edit.
+    ``heldout=False`` leaves the held-out rows empty (they cost one generation of every held-out prompt)."""
 
-    def __init__(self, concept: str, steps: int = 12, guidance: float = 5.0, **module_kwargs: Any) -> None:
+    def __init__(self, concept: str, steps: int = 12, guidance: float = 5.0, heldout: bool = True,
+                 **module_kwargs: Any) -> None:
         kwargs = {**PAPER, **module_kwargs}
         self.module = RECEModule(pretrained="testbed", concepts=[concept], validate_original=False,
                                  generation={"num_inference_steps": steps, "guidance_scale": guidance}, **kwargs)
@@ -171,9 +173,9 @@ class Harness:
         self.metric = ClassifierAccuracy()
         self.metric.prepare()
         self.shipped = load_prompts(concept)
-        self.heldout = heldout_rows(concept)
+        self.heldout = heldout_rows(concept) if heldout else []
         self.heldout_all = self.heldout
-        self.heldout = self.valid_rows(self.heldout)
+        self.heldout = self.valid_rows(self.heldout) if heldout else []
 
     def valid_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The held-out rows the original model gets right (target rows show the concept, the others their

@@ -63,9 +63,7 @@ def main() -> None:
                     selection_split=False, judged_scale=args.weight)
     if args.preserve is not None:
         settings["judged_preserve_scale"] = args.preserve
-    if not args.heldout:
-        Harness.valid_rows = lambda self, rows: []  # the held-out rows are generated only when asked for
-    harness = Harness(concept)
+    harness = Harness(concept, heldout=args.heldout)
     rows = harness.shipped
     select, report = SelectionSplit.split([{**row, "row": i} for i, row in enumerate(rows)])
     module = harness.module

@@ -180,23 +180,32 @@ def test_judged_prompts_are_erased_or_preserved(tiny_sd1, tmp_path):
 
 
 
+def _judged_edit(tiny_sd1, tmp_path, **robust) -> tuple[RECEModule, dict]:
+    """The robust first edit on the tiny SD 1 pipeline with one judged prompt that shows nudity ("a sunbather on
+    the beach" → "a person on the beach") and one that does not ("a woman at the beach"); ``robust`` adds settings.
+    Returns the module and a copy of its edit maps."""
+    judged = tmp_path / "judged.csv"
+    judged.write_text("prompt,shows_concept,votes,seeds,anchor\na sunbather on the beach,1,4,4,a person on the beach\n"
+                      "a woman at the beach,0,0,4,\n")
+    settings = {"templates": ["{}", "a photo of {}"], "neighbours": ["a dress"], "lamb": 0.01,
+                "judged_prompts": str(judged), **robust}
+    m = RECEModule(pretrained=str(tiny_sd1), concepts=["nudity"], anchor="a person", recipe="robust",
+                   robust=settings, validate_original=False)
+    m.robust.first_edit()
+    return m, {kind: t.clone() for kind, t in m.editor.maps.items()}
+
+
+def _relative_distance(m: RECEModule, text: str, target: str) -> float:
+    """‖edited K/V of ``text`` − original K/V of ``target``‖ / ‖original K/V of ``target``‖."""
+    reference = _outputs(m, target, edited=False)
+    return float((_outputs(m, text, edited=True) - reference).norm() / reference.norm())
+
+
 def test_judged_scale_weighs_a_judged_prompt_as_if_it_were_erased_that_many_times(tiny_sd1, tmp_path):
     """``judged_scale: w`` scales a judged prompt's rows and targets by √w. The oracle is the plain closed form
     with that prompt's block repeated w times: the same least squares, so the same edit. The weighed prompt
     ends nearer its anchor, and w = 1 is the unweighed recipe."""
-    judged = tmp_path / "judged.csv"
-    judged.write_text("prompt,shows_concept,votes,seeds,anchor\na sunbather on the beach,1,4,4,a person on the beach\n"
-                      "a bowl of fruit,0,0,4,\n")
-    settings = {"templates": ["{}", "a photo of {}"], "neighbours": ["a dress"], "preserve_scale": 10.0,
-                "lamb": 0.01, "judged_prompts": str(judged)}
-
-    def edited(scale: float) -> tuple[RECEModule, dict]:
-        m = RECEModule(pretrained=str(tiny_sd1), concepts=["nudity"], anchor="a person", recipe="robust",
-                       robust={**settings, "judged_scale": scale}, validate_original=False)
-        m.robust.first_edit()
-        return m, {kind: t.clone() for kind, t in m.editor.maps.items()}
-
-    weighed, maps = edited(4.0)
+    weighed, maps = _judged_edit(tiny_sd1, tmp_path, preserve_scale=10.0, judged_scale=4.0)
     recipe, editor = weighed.robust, weighed.editor
     plain = [(weighed.text.full(c), weighed.text.full(recipe.anchor_of(c))) for c in recipe.captions]
     repeated = plain + 3 * [plain[recipe.captions.index("a sunbather on the beach")]]
@@ -205,13 +214,9 @@ def test_judged_scale_weighs_a_judged_prompt_as_if_it_were_erased_that_many_time
     for kind, t in editor.maps.items():
         torch.testing.assert_close(maps[kind], t, rtol=1e-9, atol=1e-9)
 
-    unweighed, _ = edited(1.0)
-
-    def residual(m: RECEModule) -> float:
-        target = _outputs(m, "a person on the beach", edited=False)
-        return float((_outputs(m, "a sunbather on the beach", edited=True) - target).norm() / target.norm())
-
-    assert residual(weighed) < 0.9 * residual(unweighed)
+    unweighed, _ = _judged_edit(tiny_sd1, tmp_path, preserve_scale=10.0, judged_scale=1.0)
+    shown = ("a sunbather on the beach", "a person on the beach")
+    assert _relative_distance(weighed, *shown) < 0.9 * _relative_distance(unweighed, *shown)
     with pytest.raises(RECEError, match="judged_scale"):
         RobustConfig(judged_scale=0).check()
 
@@ -220,19 +225,7 @@ def test_judged_preserve_scale_weighs_a_kept_judged_prompt_as_if_it_were_preserv
     """``judged_preserve_scale: w`` scales the rows of a judged prompt that never shows the concept by √w. The
     oracle is the plain closed form with that prompt's rows repeated w times among the preserved rows; the weighed
     prompt's keys and values end nearer their original ones, and no other preserved text is weighed."""
-    judged = tmp_path / "judged.csv"
-    judged.write_text("prompt,shows_concept,votes,seeds,anchor\na sunbather on the beach,1,4,4,a person on the beach\n"
-                      "a woman at the beach,0,0,4,\n")
-    settings = {"templates": ["{}", "a photo of {}"], "neighbours": ["a dress"], "preserve_scale": 1.0,
-                "lamb": 0.01, "judged_prompts": str(judged)}
-
-    def edited(scale: float) -> tuple[RECEModule, dict]:
-        m = RECEModule(pretrained=str(tiny_sd1), concepts=["nudity"], anchor="a person", recipe="robust",
-                       robust={**settings, "judged_preserve_scale": scale}, validate_original=False)
-        m.robust.first_edit()
-        return m, {kind: t.clone() for kind, t in m.editor.maps.items()}
-
-    weighed, maps = edited(4.0)
+    weighed, maps = _judged_edit(tiny_sd1, tmp_path, preserve_scale=1.0, judged_preserve_scale=4.0)
     recipe, editor = weighed.robust, weighed.editor
     assert recipe.judged_other == ["a woman at the beach"]
     plain = torch.cat([weighed.text.full(t) for t in recipe.preserved])
@@ -243,13 +236,9 @@ def test_judged_preserve_scale_weighs_a_kept_judged_prompt_as_if_it_were_preserv
     for kind, t in editor.maps.items():
         torch.testing.assert_close(maps[kind], t, rtol=1e-9, atol=1e-9)
 
-    unweighed, _ = edited(1.0)
-
-    def drift(m: RECEModule) -> float:
-        before = _outputs(m, "a woman at the beach", edited=False)
-        return float((_outputs(m, "a woman at the beach", edited=True) - before).norm() / before.norm())
-
-    assert drift(weighed) < 0.9 * drift(unweighed)
+    unweighed, _ = _judged_edit(tiny_sd1, tmp_path, preserve_scale=1.0, judged_preserve_scale=1.0)
+    kept = ("a woman at the beach", "a woman at the beach")
+    assert _relative_distance(weighed, *kept) < 0.9 * _relative_distance(unweighed, *kept)
     with pytest.raises(RECEError, match="judged_preserve_scale"):
         RobustConfig(judged_preserve_scale=0).check()
 
