@@ -9,7 +9,10 @@ prompts weighed:
   (``robust.judged_preserve_scale``; the run's own preset value when not given);
 * ``--boost B``: the weights start at 1, and before each iteration the judged prompts are generated on the current
   edit (4 seeds, the run's seeds of the search) and judged by the testbed classifier. Each one that still shows the
-  concept in at least ``--keep`` images has its weight multiplied by B.
+  concept in at least ``--keep`` images has its weight multiplied by B (with ``--boost-from K``, only before the
+  iterations from K on: ``--iterations 4 --boost 16 --boost-from 4`` is one last repair iteration);
+* ``--anchors nearest|farthest|mean``: each judged prompt that shows the concept is erased towards another anchor
+  than the run's (:func:`choose_anchors`).
 
 After each stage it generates the concept's shipped prompts and prints their rates on the selection half (what the
 robust stopping rule reads) and on the report half (the rows it never sees); with ``--heldout`` also on the held-out
@@ -18,6 +21,7 @@ prompts of ``bench/robust_search.py`` (new wordings, the rows the original model
     python bench/robust_weights.py --run runs/concepts/triangle/robust.json --weight 10
     python bench/robust_weights.py --run runs/concepts/triangle/robust.json --boost 4 --keep 1
     python bench/robust_weights.py --run runs/concepts/heart/robust.json --preserve 3 --heldout
+    python bench/robust_weights.py --run runs/concepts/triangle/robust.json --anchors nearest
 """
 
 from __future__ import annotations
@@ -28,20 +32,56 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from robust_search import Harness  # noqa: E402
 
+from rece_lightning.lightning.judged_prompts import anchor_of_labels  # noqa: E402
 from rece_lightning.lightning.selection_split import SelectionSplit  # noqa: E402
-from rece_lightning.recipes.robust.auto import judged_counts  # noqa: E402
+from rece_lightning.recipes.robust.auto import judged_counts, world_neighbours  # noqa: E402
 from rece_lightning.recipes.robust.config import RobustConfig  # noqa: E402
+from rece_lightning.recipes.robust.expansion import output_features  # noqa: E402
 from rece_lightning.recipes.robust.recipe import RobustRecipe  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 KEYS = ("concept_rate/explicit", "concept_rate/paraphrase", "concept_rate/implicit", "preservation/neighbour",
         "preservation/unrelated")
+
+
+def choose_anchors(recipe: RobustRecipe, editor, concept: str, attribute: str, rule: str) -> None:
+    """Erase each judged concept prompt towards another of its anchors. The run's anchor ("a yellow solid star") has
+    the concept's value replaced by the world's other values in turn; the alternatives are every other value. Rule
+    ``nearest`` / ``farthest``: the alternative whose token rows are nearest to / farthest from the prompt's in the
+    original K/V output space (squared distance); ``mean``: the mean of all the alternatives' rows."""
+    values = world_neighbours([concept])
+    alternatives = {}
+    for prompt in recipe.judged:
+        anchor = recipe.caption_anchor.get(prompt, "")
+        if anchor:  # as judged_prompts.anchor_of_labels writes it: article, colour, pattern, shape
+            labels = dict(zip(("color", "pattern", "shape"), anchor.split()[1:], strict=True))
+            alternatives[prompt] = [anchor_of_labels({**labels, attribute: value}) for value in values]
+    recipe.text.encode([*recipe.judged, *(a for group in alternatives.values() for a in group)])
+
+    def outputs(text: str) -> torch.Tensor:
+        return output_features(editor, recipe.text.full(text), edited=False)
+
+    if rule == "mean":
+        plain_rows = recipe.anchor_rows
+        recipe.anchor_rows = lambda text: (torch.stack([recipe.text.full(a) for a in alternatives[text]]).mean(0)
+                                           if text in alternatives else plain_rows(text))
+        print(f"{len(alternatives)} judged prompts erased towards the mean of {len(values)} anchors each")
+        return
+    changed = 0
+    for prompt, group in alternatives.items():
+        own = outputs(prompt)
+        distance = [float(((own - outputs(a)) ** 2).sum()) for a in group]
+        pick = group[distance.index(min(distance) if rule == "nearest" else max(distance))]
+        changed += pick != recipe.caption_anchor[prompt]
+        recipe.caption_anchor[prompt] = pick
+    print(f"{rule} anchors: {changed} of {len(alternatives)} judged prompts get another anchor")
 
 
 def main() -> None:
@@ -50,9 +90,12 @@ def main() -> None:
     parser.add_argument("--weight", type=float, default=1.0)
     parser.add_argument("--boost", type=float, default=1.0)
     parser.add_argument("--keep", type=int, default=1)
+    parser.add_argument("--boost-from", type=int, default=1, help="boost only before iterations from this one on")
     parser.add_argument("--preserve", type=float, default=None, help="robust.judged_preserve_scale")
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--heldout", action="store_true", help="also the held-out prompts of robust_search.py")
+    parser.add_argument("--anchors", choices=("run", "nearest", "farthest", "mean"), default="run",
+                        help="what each judged concept prompt is erased towards (see the module docstring)")
     args = parser.parse_args()
     record = json.loads(args.run.read_text())
     folder, concept = Path(record["folder"]), record["concept"]
@@ -70,6 +113,8 @@ def main() -> None:
     harness.reset()
     recipe = RobustRecipe(module.editor, module.text, module.recipe.concepts, module.recipe.anchors,
                           RobustConfig(**settings))
+    if args.anchors != "run":
+        choose_anchors(recipe, module.editor, concept, harness.metric.concept_attribute(concept), args.anchors)
     weights = dict.fromkeys(recipe.judged, args.weight)
     plain_blocks = recipe._caption_blocks
 
@@ -80,7 +125,7 @@ def main() -> None:
     recipe._caption_blocks = weighed_blocks
     start = time.perf_counter()
     label = (f"{concept} weight {args.weight:g} boost {args.boost:g} preserve "
-             f"{recipe.config.judged_preserve_scale:g}")
+             f"{recipe.config.judged_preserve_scale:g} anchors {args.anchors}")
 
     def measure(stage: str) -> None:
         module.editor.apply()
@@ -98,7 +143,7 @@ def main() -> None:
     recipe.first_edit()
     measure("uce")
     for index in range(1, args.iterations + 1):
-        if args.boost != 1.0:
+        if args.boost != 1.0 and index >= args.boost_from:
             module.editor.apply()
             counts, _ = judged_counts(module.generate, harness.metric.judge, concept, recipe.judged, 4)
             shown = [p for p, n in zip(recipe.judged, counts, strict=True) if n >= args.keep]

@@ -280,8 +280,14 @@ def test_paper_recipe_is_the_default(tiny_sd1):
 
 def test_judged_prompt_writer_labels_captions_by_the_judge_and_round_trips(tmp_path):
     """The package's judged-prompt writer: a caption is erased when ≥ keep of its images show the concept (anchor:
-    the judged image with another shape), preserved when none does, left out otherwise; the file reads back."""
-    from rece_lightning.lightning.judged_prompts import implicit_captions, judge_implicit_captions, write_judged_prompts
+    the judged image with another shape, "a"/"an" by its first word), preserved when none does, left out otherwise;
+    the file reads back."""
+    from rece_lightning.lightning.judged_prompts import (
+        anchor_of_labels,
+        implicit_captions,
+        judge_implicit_captions,
+        write_judged_prompts,
+    )
     from rece_lightning.recipes.robust.captions import read_judged
     from rece_lightning.testbed.render import render
     from rece_lightning.testbed.world import SHAPES, Scene
@@ -307,6 +313,7 @@ def test_judged_prompt_writer_labels_captions_by_the_judge_and_round_trips(tmp_p
     assert not any(r.shows_concept for r in rows if r.prompt != shown)
     erased, preserved = read_judged(str(write_judged_prompts(tmp_path / "judged.csv", rows)))
     assert erased == {shown: f"a red solid {other}"} and set(preserved) == set(by_prompt) - {shown}
+    assert anchor_of_labels({"color": "orange", "pattern": "dotted", "shape": "heart"}) == "an orange dotted heart"
 
 
 class _RobustMetrics(L.Callback):

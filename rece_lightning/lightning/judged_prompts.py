@@ -30,8 +30,8 @@ from typing import Any
 from rece_lightning.files import atomic_path
 from rece_lightning.recipes.robust.auto import SEED_OFFSET, judged_counts, read_captions, world_neighbours
 
-__all__ = ["COLUMNS", "SEED_OFFSET", "JudgedPrompt", "implicit_captions", "judge_implicit_captions", "main",
-           "write_judged_prompts"]
+__all__ = ["COLUMNS", "SEED_OFFSET", "JudgedPrompt", "anchor_of_labels", "implicit_captions", "judge_implicit_captions",
+           "main", "write_judged_prompts"]
 
 COLUMNS = ("prompt", "shows_concept", "votes", "seeds", "anchor")
 """The columns of a judged-prompt CSV (``prompt`` and ``shows_concept`` are required by the reader)."""
@@ -98,10 +98,15 @@ def judge_implicit_captions(generate: Generate, concept: str, *, samples: int = 
         if votes and describe and others:  # what the judge saw, the concept's value replaced by another (cycled)
             drawn = {h: Counter(p[h] for p in seen[i]).most_common(1)[0][0] for h in ("color", "pattern", "shape")}
             drawn[attribute] = others[len(rows) % len(others)]
-            words = f"{drawn['color']} {drawn['pattern']} {drawn['shape']}"
-            anchor = f"{'an' if words[0] in 'aeiou' else 'a'} {words}"
+            anchor = anchor_of_labels(drawn)
         rows.append(JudgedPrompt(caption, votes > 0, votes, seeds, anchor))
     return rows
+
+
+def anchor_of_labels(labels: dict[str, str]) -> str:
+    """The anchor of a judged image from its colour, pattern and shape labels: "a yellow solid star"."""
+    words = f"{labels['color']} {labels['pattern']} {labels['shape']}"
+    return f"{'an' if words[0] in 'aeiou' else 'a'} {words}"
 
 
 def write_judged_prompts(path: str | Path, rows: Sequence[JudgedPrompt | dict]) -> Path:

@@ -137,6 +137,10 @@ class RobustRecipe:
         """What ``text`` is erased towards: its caption anchor, else the anchor of the concept it names."""
         return self.caption_anchor.get(text, self._concept_anchor(text))
 
+    def anchor_rows(self, text: str) -> Tensor:
+        """All token rows of what ``text`` is erased towards (:meth:`anchor_of`), the targets of its block."""
+        return self.text.full(self.anchor_of(text))
+
     def preserved_rows(self) -> Tensor:
         """All token rows of the preserved texts, stacked (the preserve term of every robust edit); a judged prompt
         that never shows the concept weighed by ``judged_preserve_scale`` (its rows scaled by √w)."""
@@ -161,7 +165,7 @@ class RobustRecipe:
             blocks = [self.text.aligned(c, " " if self.anchor_of(c) == "" else self.anchor_of(c))
                       for c in self.captions]
         else:
-            blocks = [(self.text.full(c), self.text.full(self.anchor_of(c))) for c in self.captions]
+            blocks = [(self.text.full(c), self.anchor_rows(c)) for c in self.captions]
         root = self.config.judged_scale ** 0.5
         if root != 1.0:
             judged = set(self.judged)
@@ -176,7 +180,7 @@ class RobustRecipe:
         blocks = []
         for gamma in self.config.gammas:
             derived = self.editor.derive([self.text.full(s) for s in sources], gamma=gamma)
-            blocks += [(emb, self.text.full(self.anchor_of(s))) for emb, s in zip(derived, sources, strict=True)]
+            blocks += [(emb, self.anchor_rows(s)) for emb, s in zip(derived, sources, strict=True)]
         return blocks
 
     def expand_concepts(self) -> list[str]:
