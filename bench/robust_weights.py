@@ -16,7 +16,11 @@ prompts weighed:
 
 After each stage it generates the concept's shipped prompts and prints their rates on the selection half (what the
 robust stopping rule reads) and on the report half (the rows it never sees); with ``--heldout`` also on the held-out
-prompts of ``bench/robust_search.py`` (new wordings, the rows the original model gets right).
+prompts of ``bench/robust_search.py`` (new wordings, the rows the original model gets right). The last line is the
+stage that the run's stopping rule keeps on the replay's selection half, with its report half (every stage is still
+measured after the rule stops).
+
+``--set KEY=VALUE`` changes any other robust setting for the replay (``--set 'gammas=[0.01]'``).
 
     python bench/robust_weights.py --run runs/concepts/triangle/robust.json --weight 10
     python bench/robust_weights.py --run runs/concepts/triangle/robust.json --boost 4 --keep 1
@@ -27,6 +31,7 @@ prompts of ``bench/robust_search.py`` (new wordings, the rows the original model
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -45,6 +50,7 @@ from rece_lightning.recipes.robust.auto import judged_counts, world_neighbours  
 from rece_lightning.recipes.robust.config import RobustConfig  # noqa: E402
 from rece_lightning.recipes.robust.expansion import output_features  # noqa: E402
 from rece_lightning.recipes.robust.recipe import RobustRecipe  # noqa: E402
+from rece_lightning.recipes.selection import Selection  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 KEYS = ("concept_rate/explicit", "concept_rate/paraphrase", "concept_rate/implicit", "preservation/neighbour",
@@ -94,6 +100,8 @@ def main() -> None:
     parser.add_argument("--preserve", type=float, default=None, help="robust.judged_preserve_scale")
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--heldout", action="store_true", help="also the held-out prompts of robust_search.py")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="another robust setting for the replay, as YAML (e.g. --set 'gammas=[0.1, 1.0]')")
     parser.add_argument("--anchors", choices=("run", "nearest", "farthest", "mean"), default="run",
                         help="what each judged concept prompt is erased towards (see the module docstring)")
     args = parser.parse_args()
@@ -106,6 +114,13 @@ def main() -> None:
                     selection_split=False, judged_scale=args.weight)
     if args.preserve is not None:
         settings["judged_preserve_scale"] = args.preserve
+    known = {f.name for f in dataclasses.fields(RobustConfig)}
+    for item in args.set:
+        key, _, value = (part.strip() for part in item.partition("="))
+        if key not in known or not value:
+            parser.error(f"--set {item!r}: expected KEY=VALUE with KEY one of the robust settings "
+                         f"({', '.join(sorted(known))})")
+        settings[key] = yaml.safe_load(value)
     harness = Harness(concept, heldout=args.heldout)
     rows = harness.shipped
     select, report = SelectionSplit.split([{**row, "row": i} for i, row in enumerate(rows)])
@@ -125,14 +140,30 @@ def main() -> None:
     recipe._caption_blocks = weighed_blocks
     start = time.perf_counter()
     label = (f"{concept} weight {args.weight:g} boost {args.boost:g} preserve "
-             f"{recipe.config.judged_preserve_scale:g} anchors {args.anchors}")
+             f"{recipe.config.judged_preserve_scale:g} anchors {args.anchors}{''.join(' ' + s for s in args.set)}")
+
+    # the run's stopping rule on the replay's selection half (the guard's reference: the run's original stage)
+    original = json.loads((folder / "robust" / "selection.json").read_text())["stages"][0]
+    rule = RobustConfig(**{**settings, "selection_split": True}).selection_rule()
+    selection = Selection(rule)
+    selection.update("original", {rule.guard: original[rule.guard]}, candidate=False)
+    open_rule, reports = [True], {}
 
     def measure(stage: str) -> None:
         module.editor.apply()
         images = module.generate([r["prompt"] for r in rows], [int(r["evaluation_seed"]) for r in rows])
-        records = harness.metric.score(images, rows)
+        records = [{**r, "row": i} for i, r in enumerate(harness.metric.score(images, rows))]
         halves = [harness.metric.summarize([r for i, r in enumerate(records) if i in half])
                   for half in (select, report)]
+        if selection.rule.margin == 0.0:
+            split = SelectionSplit(int(settings.get("stop_margin_images", 1)))
+            split.select = select
+            concept_margin, kept_margin = split.margins(harness.metric, records)
+            selection.rule = dataclasses.replace(rule, margin=concept_margin, guard_margin=kept_margin)
+        reports[stage] = halves[1]
+        if open_rule[0]:
+            open_rule[0] = not selection.update(stage, {rule.metric: halves[0]["concept_rate"],
+                                                        rule.guard: halves[0]["preservation"]})
         if args.heldout:
             halves.append(harness.measure(harness.heldout))
         print(f"{label} {stage:<7}" + "".join(
@@ -152,6 +183,9 @@ def main() -> None:
             print(f"before rece-{index}: {len(shown)} judged prompts still show {concept!r}: {shown}", flush=True)
         recipe.iteration()
         measure(f"rece-{index}")
+    kept = reports[selection.kept]
+    print(f"{label} kept {selection.kept}: report " + " ".join(f"{100 * kept.get(k, float('nan')):5.1f}" for k in KEYS)
+          + f"  ({selection.reason()})", flush=True)
 
 
 if __name__ == "__main__":
