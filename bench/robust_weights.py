@@ -11,6 +11,8 @@ prompts weighed:
   edit (4 seeds, the run's seeds of the search) and judged by the testbed classifier. Each one that still shows the
   concept in at least ``--keep`` images has its weight multiplied by B (with ``--boost-from K``, only before the
   iterations from K on: ``--iterations 4 --boost 16 --boost-from 4`` is one last repair iteration);
+* ``--residuals``: after the last stage, each erased caption's relative distance to its anchor in the K/V output
+  space (:func:`caption_residuals`), the median and the judged prompts';
 * ``--anchors nearest|farthest|mean``: each judged prompt that shows the concept is erased towards another anchor
   than the run's (:func:`choose_anchors`).
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -90,6 +93,18 @@ def choose_anchors(recipe: RobustRecipe, editor, concept: str, attribute: str, r
     print(f"{rule} anchors: {changed} of {len(alternatives)} judged prompts get another anchor")
 
 
+def caption_residuals(recipe: RobustRecipe, editor) -> dict[str, float]:
+    """How far each erased caption still is from its anchor after the current edit, in the K/V output space:
+    ``‖W' c − W₀ a‖² / ‖W₀ c − W₀ a‖²`` over all its token rows (0: fitted exactly, 1: not moved)."""
+    out = {}
+    for caption in recipe.captions:
+        rows, anchor = recipe.text.full(caption), recipe.anchor_rows(caption)
+        target = output_features(editor, anchor, edited=False)
+        moved = output_features(editor, rows, edited=True) - target
+        out[caption] = float((moved ** 2).sum() / ((output_features(editor, rows, edited=False) - target) ** 2).sum())
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="a robust run's record from bench/robust_concepts.py")
@@ -102,6 +117,8 @@ def main() -> None:
     parser.add_argument("--heldout", action="store_true", help="also the held-out prompts of robust_search.py")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="another robust setting for the replay, as YAML (e.g. --set 'gammas=[0.1, 1.0]')")
+    parser.add_argument("--residuals", action="store_true",
+                        help="after the last stage, how far the erased captions still are from their anchors")
     parser.add_argument("--anchors", choices=("run", "nearest", "farthest", "mean"), default="run",
                         help="what each judged concept prompt is erased towards (see the module docstring)")
     args = parser.parse_args()
@@ -183,6 +200,12 @@ def main() -> None:
             print(f"before rece-{index}: {len(shown)} judged prompts still show {concept!r}: {shown}", flush=True)
         recipe.iteration()
         measure(f"rece-{index}")
+    if args.residuals:
+        residuals = caption_residuals(recipe, module.editor)
+        ranked = sorted(residuals, key=residuals.get, reverse=True)
+        print(f"residuals after the last stage: median {statistics.median(residuals.values()):.3f} over "
+              f"{len(residuals)} erased captions; judged prompts (rank of {len(ranked)}): " + ", ".join(
+                  f"{p!r} {residuals[p]:.3f} ({ranked.index(p) + 1})" for p in recipe.judged), flush=True)
     kept = reports[selection.kept]
     print(f"{label} kept {selection.kept}: report " + " ".join(f"{100 * kept.get(k, float('nan')):5.1f}" for k in KEYS)
           + f"  ({selection.reason()})", flush=True)
