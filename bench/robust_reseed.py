@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from robust_search import Harness  # noqa: E402
+from robust_search import Harness, as_prompted  # noqa: E402
 
 from rece_lightning.artefacts.export import load_kv_into  # noqa: E402
 
@@ -37,11 +37,6 @@ def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def good(record: dict) -> bool:
-    """The row's image shows what the rates count: the concept (target rows) or its labels kept (the others)."""
-    return bool(record["is_concept"]) if record["role"] == "target" else bool(record["preserved"])
 
 
 def main() -> None:
@@ -75,9 +70,9 @@ def main() -> None:
         if not pairs:
             continue
         n = len(pairs)
-        o_hits, e_hits = sum(good(o) for o, _ in pairs), sum(good(e) for _, e in pairs)
-        valid = [e for o, e in pairs if good(o)]
-        v_hits = sum(good(e) for e in valid)
+        o_hits, e_hits = sum(as_prompted(o) for o, _ in pairs), sum(as_prompted(e) for _, e in pairs)
+        valid = [e for o, e in pairs if as_prompted(o)]
+        v_hits = sum(as_prompted(e) for e in valid)
         name = "concept" if pairs[0][0]["role"] == "target" else "kept"  # what the rate counts
         low, high = wilson(e_hits, n)
         v_low, v_high = wilson(v_hits, len(valid))

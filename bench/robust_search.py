@@ -160,6 +160,11 @@ PAPER = {"uce": {"lamb": 0.5, "erase_scale": 1.0, "preserve_scale": 1.0, "preser
                   "preserve_scale": 0.1, "preserve": [" "]}}
 
 
+def as_prompted(record: dict[str, Any]) -> bool:
+    """A classified image shows what its row asks for: the concept (target rows), else the row's labels."""
+    return bool(record["is_concept"]) if record["role"] == "target" else bool(record["preserved"])
+
+
 class Harness:
     """The testbed loaded once; ``measure`` generates and classifies a prompt set with the current edit.
     ``heldout=False`` leaves the held-out rows empty (they cost one generation of every held-out prompt)."""
@@ -173,9 +178,8 @@ class Harness:
         self.metric = ClassifierAccuracy()
         self.metric.prepare()
         self.shipped = load_prompts(concept)
-        self.heldout = heldout_rows(concept) if heldout else []
-        self.heldout_all = self.heldout
-        self.heldout = self.valid_rows(self.heldout) if heldout else []
+        self.heldout_all = heldout_rows(concept) if heldout else []
+        self.heldout = self.valid_rows(self.heldout_all) if heldout else []
 
     def valid_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The held-out rows the original model gets right (target rows show the concept, the others their
@@ -184,8 +188,7 @@ class Harness:
         self.module.editor.apply()
         images = self.module.generate([r["prompt"] for r in rows], [int(r["evaluation_seed"]) for r in rows])
         records = self.metric.score(images, rows)
-        keep = [r for r, rec in zip(rows, records, strict=True)
-                if (rec["is_concept"] if rec["role"] == "target" else rec["preserved"])]
+        keep = [r for r, rec in zip(rows, records, strict=True) if as_prompted(rec)]
         counts = {k: sum(r["kind"] == k for r in keep) for k in ("paraphrase", "implicit", "neighbour", "unrelated")}
         print(f"held-out rows kept (the original model gets them right): {len(keep)}/{len(rows)} {counts}")
         return keep

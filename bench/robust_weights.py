@@ -164,23 +164,25 @@ def main() -> None:
     rule = RobustConfig(**{**settings, "selection_split": True}).selection_rule()
     selection = Selection(rule)
     selection.update("original", {rule.guard: original[rule.guard]}, candidate=False)
-    open_rule, reports = [True], {}
+    reports: dict[str, dict[str, float]] = {}
+    rule_open = True
 
     def measure(stage: str) -> None:
+        nonlocal rule_open
         module.editor.apply()
         images = module.generate([r["prompt"] for r in rows], [int(r["evaluation_seed"]) for r in rows])
         records = [{**r, "row": i} for i, r in enumerate(harness.metric.score(images, rows))]
         halves = [harness.metric.summarize([r for i, r in enumerate(records) if i in half])
                   for half in (select, report)]
-        if selection.rule.margin == 0.0:
+        if not reports:  # the margins, in images of the selection half, once its rows are scored
             split = SelectionSplit(int(settings.get("stop_margin_images", 1)))
             split.select = select
             concept_margin, kept_margin = split.margins(harness.metric, records)
             selection.rule = dataclasses.replace(rule, margin=concept_margin, guard_margin=kept_margin)
         reports[stage] = halves[1]
-        if open_rule[0]:
-            open_rule[0] = not selection.update(stage, {rule.metric: halves[0]["concept_rate"],
-                                                        rule.guard: halves[0]["preservation"]})
+        if rule_open:
+            rule_open = not selection.update(stage, {rule.metric: halves[0]["concept_rate"],
+                                                     rule.guard: halves[0]["preservation"]})
         if args.heldout:
             halves.append(harness.measure(harness.heldout))
         print(f"{label} {stage:<7}" + "".join(

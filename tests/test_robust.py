@@ -201,18 +201,23 @@ def _relative_distance(m: RECEModule, text: str, target: str) -> float:
     return float((_outputs(m, text, edited=True) - reference).norm() / reference.norm())
 
 
+def _assert_same_edit(m: RECEModule, maps: dict, blocks, preserved, preserve_scale: float) -> None:
+    """The module's edit ``maps`` equal the plain closed form on ``blocks`` and ``preserved`` (the oracle)."""
+    m.editor.reset()
+    m.editor.erase(blocks, preserved, lamb=0.01, erase_scale=1.0, preserve_scale=preserve_scale)
+    for kind, t in m.editor.maps.items():
+        torch.testing.assert_close(maps[kind], t, rtol=1e-9, atol=1e-9)
+
+
 def test_judged_scale_weighs_a_judged_prompt_as_if_it_were_erased_that_many_times(tiny_sd1, tmp_path):
     """``judged_scale: w`` scales a judged prompt's rows and targets by √w. The oracle is the plain closed form
     with that prompt's block repeated w times: the same least squares, so the same edit. The weighed prompt
     ends nearer its anchor, and w = 1 is the unweighed recipe."""
     weighed, maps = _judged_edit(tiny_sd1, tmp_path, preserve_scale=10.0, judged_scale=4.0)
-    recipe, editor = weighed.robust, weighed.editor
-    plain = [(weighed.text.full(c), weighed.text.full(recipe.anchor_of(c))) for c in recipe.captions]
+    recipe = weighed.robust
+    plain = [(weighed.text.full(c), recipe.anchor_rows(c)) for c in recipe.captions]
     repeated = plain + 3 * [plain[recipe.captions.index("a sunbather on the beach")]]
-    editor.reset()
-    editor.erase(repeated, recipe.preserved_rows(), lamb=0.01, erase_scale=1.0, preserve_scale=10.0)
-    for kind, t in editor.maps.items():
-        torch.testing.assert_close(maps[kind], t, rtol=1e-9, atol=1e-9)
+    _assert_same_edit(weighed, maps, repeated, recipe.preserved_rows(), preserve_scale=10.0)
 
     unweighed, _ = _judged_edit(tiny_sd1, tmp_path, preserve_scale=10.0, judged_scale=1.0)
     shown = ("a sunbather on the beach", "a person on the beach")
@@ -226,15 +231,12 @@ def test_judged_preserve_scale_weighs_a_kept_judged_prompt_as_if_it_were_preserv
     oracle is the plain closed form with that prompt's rows repeated w times among the preserved rows; the weighed
     prompt's keys and values end nearer their original ones, and no other preserved text is weighed."""
     weighed, maps = _judged_edit(tiny_sd1, tmp_path, preserve_scale=1.0, judged_preserve_scale=4.0)
-    recipe, editor = weighed.robust, weighed.editor
+    recipe = weighed.robust
     assert recipe.judged_other == ["a woman at the beach"]
     plain = torch.cat([weighed.text.full(t) for t in recipe.preserved])
     repeated = torch.cat([plain, *3 * [weighed.text.full("a woman at the beach")]])
-    blocks = [(weighed.text.full(c), weighed.text.full(recipe.anchor_of(c))) for c in recipe.captions]
-    editor.reset()
-    editor.erase(blocks, repeated, lamb=0.01, erase_scale=1.0, preserve_scale=1.0)
-    for kind, t in editor.maps.items():
-        torch.testing.assert_close(maps[kind], t, rtol=1e-9, atol=1e-9)
+    blocks = [(weighed.text.full(c), recipe.anchor_rows(c)) for c in recipe.captions]
+    _assert_same_edit(weighed, maps, blocks, repeated, preserve_scale=1.0)
 
     unweighed, _ = _judged_edit(tiny_sd1, tmp_path, preserve_scale=1.0, judged_preserve_scale=1.0)
     kept = ("a woman at the beach", "a woman at the beach")
