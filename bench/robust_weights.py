@@ -13,8 +13,9 @@ prompts weighed:
   iterations from K on: ``--iterations 4 --boost 16 --boost-from 4`` is one last repair iteration);
 * ``--residuals``: after the last stage, each erased caption's relative distance to its anchor in the K/V output
   space (:func:`caption_residuals`), the median and the judged prompts';
-* ``--anchors nearest|farthest|mean``: each judged prompt that shows the concept is erased towards another anchor
-  than the run's (:func:`choose_anchors`).
+* ``--anchors nearest|farthest|mean|context``: each judged prompt that shows the concept is erased towards another
+  anchor than the run's (:func:`choose_anchors`; ``context``: the one with the captions' single context anchor, e.g.
+  ``--set context_anchor=circle --anchors context``).
 
 After each stage it generates the concept's shipped prompts and prints their rates on the selection half (what the
 robust stopping rule reads) and on the report half (the rows it never sees); with ``--heldout`` also on the held-out
@@ -22,7 +23,8 @@ prompts of ``bench/robust_search.py`` (new wordings, the rows the original model
 stage that the run's stopping rule keeps on the replay's selection half, with its report half (every stage is still
 measured after the rule stops).
 
-``--set KEY=VALUE`` changes any other robust setting for the replay (``--set 'gammas=[0.01]'``).
+``--set KEY=VALUE`` changes any other robust setting for the replay (``--set 'gammas=[0.01]'``,
+``--set context_anchor=auto`` for the earlier preset's anchors, the other values in turn).
 
     python bench/robust_weights.py --run runs/concepts/triangle/robust.json --weight 10
     python bench/robust_weights.py --run runs/concepts/triangle/robust.json --boost 4 --keep 1
@@ -64,7 +66,8 @@ def choose_anchors(recipe: RobustRecipe, editor, concept: str, attribute: str, r
     """Erase each judged concept prompt towards another of its anchors. The run's anchor ("a yellow solid star") has
     the concept's value replaced by the world's other values in turn; the alternatives are every other value. Rule
     ``nearest`` / ``farthest``: the alternative whose token rows are nearest to / farthest from the prompt's in the
-    original K/V output space (squared distance); ``mean``: the mean of all the alternatives' rows."""
+    original K/V output space (squared distance); ``mean``: the mean of all the alternatives' rows; ``context``: the
+    alternative with the recipe's single context anchor (``context_anchor`` one value, as ``nearest`` resolves it)."""
     values = world_neighbours([concept])
     alternatives = {}
     for prompt in recipe.judged:
@@ -85,6 +88,11 @@ def choose_anchors(recipe: RobustRecipe, editor, concept: str, attribute: str, r
         return
     changed = 0
     for prompt, group in alternatives.items():
+        if rule == "context":  # the one value that the captions are erased towards (``--set context_anchor=V``)
+            pick = group[values.index(recipe.context_anchor)]
+            changed += pick != recipe.caption_anchor[prompt]
+            recipe.caption_anchor[prompt] = pick
+            continue
         own = outputs(prompt)
         distance = [float(((own - outputs(a)) ** 2).sum()) for a in group]
         pick = group[distance.index(min(distance) if rule == "nearest" else max(distance))]
@@ -119,7 +127,7 @@ def main() -> None:
                         help="another robust setting for the replay, as YAML (e.g. --set 'gammas=[0.1, 1.0]')")
     parser.add_argument("--residuals", action="store_true",
                         help="after the last stage, how far the erased captions still are from their anchors")
-    parser.add_argument("--anchors", choices=("run", "nearest", "farthest", "mean"), default="run",
+    parser.add_argument("--anchors", choices=("run", "nearest", "farthest", "mean", "context"), default="run",
                         help="what each judged concept prompt is erased towards (see the module docstring)")
     args = parser.parse_args()
     record = json.loads(args.run.read_text())

@@ -134,6 +134,34 @@ def test_first_edit_maps_captions_to_their_context_anchor_and_keeps_neighbours(r
         assert change < 0.15  # preserved at scale 10 (the erased captions move by ~50 %)
 
 
+def test_context_anchor_nearest_is_the_neighbour_nearest_in_kv_outputs(robust_module, capsys):
+    """``context_anchor: nearest`` replaces the concept phrase by one neighbour in every caption: the one whose outputs
+    of the original K/V layers (computed here by the model's own ``to_k``/``to_v`` modules) are nearest the concept's."""
+    from rece_lightning.recipes.robust.recipe import RobustRecipe
+
+    m = robust_module
+    m.editor.reset()
+    m.editor.apply()  # the model's layers hold the original weights
+    editor = m.recipe.editor.main
+    neighbours = ["a dress", "a cat", "a red car", "a bare tree"]
+    recipe = RobustRecipe(editor, m.text, ["nudity"], [" "], RobustConfig(
+        concept_texts=["naked"], templates=["{}", "a photo of {}"], neighbours=neighbours, context_anchor="nearest"))
+
+    def layer_outputs(text: str) -> torch.Tensor:
+        rows = m.text.full(text)
+        with torch.no_grad():
+            return torch.cat([p.module(rows.to(p.module.weight)) for p in editor.projections], dim=-1).double()
+
+    distance = {n: float(((layer_outputs("nudity") - layer_outputs(n)) ** 2).sum()) for n in neighbours}
+    assert len({round(d, 3) for d in distance.values()}) == len(neighbours)  # the choice is not a tie
+    assert recipe.context_anchor == min(distance, key=distance.get)
+    assert recipe.anchor_distances == pytest.approx(distance, rel=1e-4)
+    assert recipe.caption_anchor["a photo of naked"] == f"a photo of {recipe.context_anchor}"
+    assert f"rece: robust context anchor {recipe.context_anchor!r}" in capsys.readouterr().out
+    with pytest.raises(RECEError, match="context_anchor is 'nearest'"):
+        RobustConfig(context_anchor="nearest", neighbours=[]).check()
+
+
 def test_iteration_erases_the_derived_embeddings(robust_module):
     m = robust_module
     m.editor.reset()

@@ -20,6 +20,8 @@ the first edit:
   another one ("a yield sign" drawn as a red outlined triangle → "a red outlined circle").
 * ``neighbours: auto`` (and ``context_anchor: auto``) — on the testbed, the world's other values of the concept's
   attribute (the other shapes, colours or patterns); elsewhere nothing (give them).
+* ``context_anchor: nearest`` — one of those values (or of the given neighbours) for every caption: the one whose K/V
+  outputs on the original model are nearest the concept's (:func:`nearest_value`).
 
 What is found is written into the run folder (``<log_dir>/robust/auto.json`` and ``judged_prompts.csv``), logged in
 one line, and cached under ``$RECE_CACHE_DIR/robust/<key>.json`` (default ``~/.cache/rece-lightning``); the key hashes
@@ -39,10 +41,14 @@ import torch
 
 from rece_lightning.errors import RECEError
 from rece_lightning.files import atomic_path, cache_dir
-from rece_lightning.recipes.robust.expansion import score_vocabulary, vocabulary_words
+from rece_lightning.recipes.robust.expansion import output_features, score_vocabulary, vocabulary_words
 
 AUTO = "auto"
 """The value of a robust setting that the run finds itself."""
+
+NEAREST = "nearest"
+"""``context_anchor: nearest``: every caption's concept phrase is replaced by one value, the nearest other value in the
+model's K/V output space (:func:`nearest_value`)."""
 
 Judge = Callable[[Sequence[Any], Sequence[Mapping[str, Any]]], list[bool]]
 """``judge(images, rows) -> [concept shown?]`` (:meth:`~rece_lightning.lightning.callbacks.metric.ImageMetric.judge`)."""
@@ -135,6 +141,26 @@ def world_neighbours(concepts: Sequence[str]) -> list[str]:
 
     out = [v for c in concepts if c in TESTBED_CONCEPTS for v in TESTBED_CONCEPTS[c].neighbours()]
     return [v for v in dict.fromkeys(out) if v not in concepts]
+
+
+def nearest_value(editor, text, concept: str, candidates: Sequence[str]) -> tuple[str, dict[str, float]]:
+    """``context_anchor: nearest``: the candidate whose K/V outputs on the original model are nearest the concept's.
+
+    The distance is ``‖W₀ c − W₀ v‖²`` over all token rows of the bare texts and every edited projection
+    (:func:`~rece_lightning.recipes.robust.expansion.output_features`), the quantity UCE's erase term moves. One value
+    for every caption gives the concept's token rows one target; values taken in turn (``context_anchor: auto``) give
+    them several, and the least squares fits their mean, a blend the testbed draws as its default shape (the circle:
+    the circle's own erasure kept 10 % circles). The nearest value is the smallest such change. Returns the value and
+    every candidate's distance (ties: the first in ``candidates``).
+    """
+    if not candidates:
+        raise RECEError(f"robust.context_anchor is 'nearest' but {concept!r} has no other value to choose from: "
+                        "give robust.neighbours")
+    text.encode([concept, *candidates])
+    own = output_features(editor, text.full(concept), edited=False)
+    distances = {value: float(((own - output_features(editor, text.full(value), edited=False)) ** 2).sum())
+                 for value in candidates}
+    return min(candidates, key=lambda value: distances[value]), distances
 
 
 def world_phrasings(values: Sequence[str]) -> list[str]:

@@ -13,6 +13,7 @@ from rece_lightning.files import check_readable_file
 from rece_lightning.recipes.config import MAX_ITERATIONS, MAX_WEIGHT, check_number
 from rece_lightning.recipes.robust.auto import (
     AUTO,
+    NEAREST,
     AutoSettings,
 )
 from rece_lightning.recipes.selection import SelectionRule
@@ -53,6 +54,9 @@ class RobustConfig:
         context_anchor: the anchor of an erased prompt is the prompt with its concept phrase replaced by this text
             (``"shape"``: "a red triangle" → "a red shape"); a list is cycled over the prompts (e.g. the neighbours:
             "a red triangle" → "a red circle", the next one → "… square"); ``None`` maps it to the concept's anchor.
+            ``auto`` is the world's other values, cycled; ``nearest`` is one of them (or of the given
+            ``neighbours``) for every prompt, the one nearest the concept in the model's K/V output space
+            (:func:`~rece_lightning.recipes.robust.auto.nearest_value`).
         derive_captions: derive from every caption (``True``) or only from the bare concept phrasings.
         anchor_in_context: a caption's anchor is its template filled with the anchor (``"a red {}"`` → ``"a red"``
             for the anchor ``" "``), so the context survives; ``False`` maps every caption to the bare anchor.
@@ -124,6 +128,9 @@ class RobustConfig:
         check_number("robust.judged_preserve_scale", self.judged_preserve_scale, strict=True, maximum=MAX_WEIGHT)
         if not self.gammas or any(g < 0 for g in self.gammas):
             raise RECEError(f"robust.gammas must be a non-empty list of values ≥ 0, got {self.gammas}")
+        if self.context_anchor == NEAREST and isinstance(self.neighbours, list) and not self.neighbours:
+            raise RECEError("robust.context_anchor is 'nearest': it chooses among robust.neighbours, which is empty; "
+                            "set neighbours: auto (a testbed concept) or give them")
         if self.judged_prompts not in (None, AUTO):
             check_readable_file(self.judged_prompts, "robust.judged_prompts", "write one with python -m rece_lightning.lightning.judged_prompts --concept C --out FILE")
         for t in self.templates:

@@ -7,7 +7,8 @@ longer breaks neighbours. The robust recipe keeps RECE's closed forms but change
 * **caption sets** (first edit): every concept phrasing (the concept and ``concept_texts``) is placed in every
   ``templates`` context, and all token rows of each caption are mapped to the anchor's rows — the concept is erased
   in context, not only as a bare word (BERT/CLIP token rows are contextual: every row of "a red triangle" carries
-  the triangle);
+  the triangle); with ``context_anchor`` the anchor is the same caption with the concept replaced ("a red circle";
+  ``nearest``: by the one other value nearest the concept in K/V space, the same for every caption);
 * **preserved neighbours**: the same templates filled with ``neighbours`` (related concepts that must survive, e.g.
   the other shapes) and with words mined automatically from the tokenizer's vocabulary (``mine_neighbours``:
   the words nearest to the concept in the text encoder's space that are not the concept), preserved with a strong
@@ -44,7 +45,7 @@ from rece_lightning.errors import RECEError
 from rece_lightning.files import cache_dir
 from rece_lightning.maths.editor import KVEditor
 from rece_lightning.models.text import TextEncoder
-from rece_lightning.recipes.robust.auto import AUTO, world_neighbours, world_phrasings
+from rece_lightning.recipes.robust.auto import AUTO, NEAREST, nearest_value, world_neighbours, world_phrasings
 from rece_lightning.recipes.robust.captions import caption_prompts, fill, read_judged, replace_phrase
 from rece_lightning.recipes.robust.config import RobustConfig
 from rece_lightning.recipes.robust.expansion import expansion_scores, nearest_words
@@ -71,6 +72,12 @@ class RobustRecipe:
         self.neighbours = ([*others, *world_phrasings(others)] if config.neighbours == AUTO
                            else list(config.neighbours))
         self.context_anchor = others if config.context_anchor == AUTO else config.context_anchor
+        self.anchor_distances: dict[str, float] = {}  # context_anchor: nearest, every candidate's K/V distance
+        if config.context_anchor == NEAREST:
+            candidates = others if config.neighbours == AUTO else list(config.neighbours)
+            self.context_anchor, self.anchor_distances = nearest_value(editor, text, self.concepts[0], candidates)
+            print(f"rece: robust context anchor {self.context_anchor!r}: the nearest to {self.concepts[0]!r} in K/V "
+                  "space of " + ", ".join(f"{v} {d:.0f}" for v, d in self.anchor_distances.items()), flush=True)
         self.built = False
         if not config.searched():
             self.build()
@@ -262,7 +269,8 @@ class RobustRecipe:
         if "judged" in found:
             cfg.judged_prompts = str(write_judged(folder / "judged_prompts.csv", found["judged"]))
         auto.write_json({"key": key, "source": source, "concept": concept, "neighbours": self.neighbours,
-                         "context_anchor": self.context_anchor, "concept_texts": cfg.concept_texts,
+                         "context_anchor": self.context_anchor, "context_anchor_distances": self.anchor_distances,
+                         "concept_texts": cfg.concept_texts,
                          "judged_prompts": cfg.judged_prompts, **found}, folder / "auto.json")
         shown = sum(r["shows_concept"] for r in found.get("judged", []))
         print(f"rece: robust auto ({source}, key {key}): {len(found.get('expansion', {}).get('found', []))} "
