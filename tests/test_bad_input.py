@@ -118,6 +118,10 @@ CASES: dict[str, tuple[Any, tuple[str, ...]]] = {
     "robust-judged-preserve-scale-negative": (
         lambda r, f: _fit(r, "--model.recipe", "robust", "--model.robust.judged_preserve_scale", "-1"),
         ("robust.judged_preserve_scale must be > 0",)),
+    "robust-nearest-anchor-without-neighbours": (
+        lambda r, f: _fit(r, "--model.recipe", "robust", "--model.robust.context_anchor", "nearest",
+                          "--model.robust.neighbours", "[]"),
+        ("robust.context_anchor is 'nearest'", "robust.neighbours, which is empty", "set neighbours: auto")),
 }
 
 
