@@ -51,7 +51,7 @@ from robust_search import Harness  # noqa: E402
 
 from rece_lightning.lightning.judged_prompts import anchor_of_labels  # noqa: E402
 from rece_lightning.lightning.selection_split import SelectionSplit  # noqa: E402
-from rece_lightning.recipes.robust.auto import judged_counts, world_neighbours  # noqa: E402
+from rece_lightning.recipes.robust.auto import judged_counts, kv_distances, world_neighbours  # noqa: E402
 from rece_lightning.recipes.robust.config import RobustConfig  # noqa: E402
 from rece_lightning.recipes.robust.expansion import output_features  # noqa: E402
 from rece_lightning.recipes.robust.recipe import RobustRecipe  # noqa: E402
@@ -76,10 +76,6 @@ def choose_anchors(recipe: RobustRecipe, editor, concept: str, attribute: str, r
             labels = dict(zip(("color", "pattern", "shape"), anchor.split()[1:], strict=True))
             alternatives[prompt] = [anchor_of_labels({**labels, attribute: value}) for value in values]
     recipe.text.encode([*recipe.judged, *(a for group in alternatives.values() for a in group)])
-
-    def outputs(text: str) -> torch.Tensor:
-        return output_features(editor, recipe.text.full(text), edited=False)
-
     if rule == "mean":
         plain_rows = recipe.anchor_rows
         recipe.anchor_rows = lambda text: (torch.stack([recipe.text.full(a) for a in alternatives[text]]).mean(0)
@@ -90,12 +86,9 @@ def choose_anchors(recipe: RobustRecipe, editor, concept: str, attribute: str, r
     for prompt, group in alternatives.items():
         if rule == "context":  # the one value that the captions are erased towards (``--set context_anchor=V``)
             pick = group[values.index(recipe.context_anchor)]
-            changed += pick != recipe.caption_anchor[prompt]
-            recipe.caption_anchor[prompt] = pick
-            continue
-        own = outputs(prompt)
-        distance = [float(((own - outputs(a)) ** 2).sum()) for a in group]
-        pick = group[distance.index(min(distance) if rule == "nearest" else max(distance))]
+        else:
+            distances = kv_distances(editor, recipe.text, prompt, group)
+            pick = (min if rule == "nearest" else max)(group, key=distances.__getitem__)
         changed += pick != recipe.caption_anchor[prompt]
         recipe.caption_anchor[prompt] = pick
     print(f"{rule} anchors: {changed} of {len(alternatives)} judged prompts get another anchor")

@@ -156,11 +156,17 @@ def nearest_value(editor, text, concept: str, candidates: Sequence[str]) -> tupl
     if not candidates:
         raise RECEError(f"robust.context_anchor is 'nearest' but {concept!r} has no other value to choose from: "
                         "give robust.neighbours")
-    text.encode([concept, *candidates])
-    own = output_features(editor, text.full(concept), edited=False)
-    distances = {value: float(((own - output_features(editor, text.full(value), edited=False)) ** 2).sum())
-                 for value in candidates}
-    return min(candidates, key=lambda value: distances[value]), distances
+    distances = kv_distances(editor, text, concept, candidates)
+    return min(candidates, key=distances.__getitem__), distances
+
+
+def kv_distances(editor, text, reference: str, candidates: Sequence[str]) -> dict[str, float]:
+    """``‖W₀ r − W₀ v‖²`` of each candidate text ``v`` from ``reference`` ``r``: the squared distance of their
+    original K/V outputs over all token rows (:func:`~rece_lightning.recipes.robust.expansion.output_features`)."""
+    text.encode([reference, *candidates])
+    own = output_features(editor, text.full(reference), edited=False)
+    return {value: float(((own - output_features(editor, text.full(value), edited=False)) ** 2).sum())
+            for value in candidates}
 
 
 def world_phrasings(values: Sequence[str]) -> list[str]:
